@@ -1,0 +1,3 @@
+from smartclip.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,58 @@
+"""The ``smartclip`` command: a thin dispatcher over the library.
+
+Each sub-command lives in ``smartclip/cli/<module>.py`` and defines
+``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only when
+their command runs, so ``smartclip --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+# command -> (module under smartclip.cli, one-line description)
+COMMANDS = {
+    "models": ("models", "list model names and create / inspect a model"),
+    "train": ("train", "train or fine-tune from a YAML config with dotted overrides"),
+    "eval": ("eval", "evaluate a model on registered benchmarks"),
+    "data": ("data", "inspect and check datasets (smartclip data check PATH)"),
+    "demo": ("demo", "embedded scene benchmark: CLIP vs SmartCLIP on a CPU"),
+    "encode": ("encode", "image / text embeddings to .npy"),
+    "search": ("search", "build and query an image index"),
+    "masks": ("masks", "show which embedding dimensions captions select"),
+    "export": ("export", "export a model to open_clip or Hugging Face format"),
+    "serve": ("serve", "serve a search page over an index on loopback"),
+}
+
+
+def _available():
+    return {name: spec for name, spec in COMMANDS.items()
+            if importlib.util.find_spec(f"smartclip.cli.{spec[0]}") is not None}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = _available()
+    top = argparse.ArgumentParser(
+        prog="smartclip",
+        description="SmartCLIP: train, evaluate and use CLIP models with text-conditioned masks.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n" + "\n".join(f"  {n:<8} {h}" for n, (_, h) in commands.items()),
+    )
+    top.add_argument("command", choices=sorted(commands), metavar="COMMAND")
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        return 0
+    if argv[0] not in commands:
+        top.parse_args(argv[:1])  # prints the valid choices and exits 2
+    name = argv[0]
+    module = importlib.import_module(f"smartclip.cli.{commands[name][0]}")
+    parser = argparse.ArgumentParser(prog=f"smartclip {name}", description=commands[name][1])
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""SmartCLIP's modular contrastive loss (SPEC 3) and a plain CLIP InfoNCE baseline.
+
+Both terms are written as matrix products, so no [b, N, d] tensor is ever built:
+
+* ``<z_i * m_j, tn_j>``   = ``Z @ (M * Tn)^T``
+* ``||z_i * m_j||^2``     = ``(Z * Z) @ (M * M)^T``  (``M * M`` keeps the direct formula's gradient)
+
+Every function takes features from one process; the modules gather across processes.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .distributed import gather_with_grad, is_distributed, world_info
+
+__all__ = [
+    "modular_logits", "modular_contrastive_loss", "clip_contrastive_loss",
+    "ModularContrastiveLoss", "ClipContrastiveLoss",
+]
+
+DEFAULT_EPS = 1e-6
+
+
+def _check_inputs(image_features, text_features, mask=None):
+    if image_features.dim() != 2:
+        raise ValueError(f"image_features must be [N, d], got shape {tuple(image_features.shape)}")
+    n, d = image_features.shape
+    if text_features.shape != (n, d):
+        raise ValueError(f"text_features has shape {tuple(text_features.shape)}, expected {(n, d)} "
+                         "to match image_features")
+    if mask is not None and mask.shape != (n, d):
+        raise ValueError(f"mask has shape {tuple(mask.shape)}, expected {(n, d)} to match image_features")
+
+
+def modular_logits(image_features: torch.Tensor, text_features: torch.Tensor, mask: torch.Tensor,
+                   all_image_features: Optional[torch.Tensor] = None,
+                   all_text_features: Optional[torch.Tensor] = None,
+                   all_mask: Optional[torch.Tensor] = None,
+                   scale: float = 100.0, eps: float = DEFAULT_EPS):
+    """Logits of both terms for local rows against global columns.
+
+    Returns ``(sidm, dism)``, each [b, N]: ``sidm[i, j] = scale <u(i, j), tn_j>`` (local image
+    i, global caption j with its own mask) and ``dism[i, j] = scale <u(j, i), tn_i>`` (local
+    caption i with its mask, global image j). The ``all_*`` default to the local tensors.
+    """
+    z = image_features.float()
+    tn = F.normalize(text_features.float(), dim=-1)
+    m = mask.float()
+    z_all = z if all_image_features is None else all_image_features.float()
+    tn_all = tn if all_text_features is None else F.normalize(all_text_features.float(), dim=-1)
+    m_all = m if all_mask is None else all_mask.float()
+
+    def masked_cosine(num, sq_norm):
+        return scale * num / sq_norm.clamp_min(eps * eps).sqrt()
+
+    sidm = masked_cosine(z @ (m_all * tn_all).t(), (z * z) @ (m_all * m_all).t())
+    dism = masked_cosine((m * tn) @ z_all.t(), (m * m) @ (z_all * z_all).t())
+    return sidm, dism
+
+
+def modular_contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, mask: torch.Tensor,
+                             scale: float = 100.0, eps: float = DEFAULT_EPS) -> Dict[str, torch.Tensor]:
+    """SPEC 3's terms for one process: ``sidm``, ``dism`` and ``sparsity``, unweighted.
+
+    ``image_features`` [N, d] unnormalised; ``text_features`` [N, d] raw (normalised here);
+    ``mask`` [N, d] (hard straight-through or soft). Row i of each is one image-caption pair.
+    """
+    _check_inputs(image_features, text_features, mask)
+    sidm, dism = modular_logits(image_features, text_features, mask, scale=scale, eps=eps)
+    labels = torch.arange(image_features.shape[0], device=image_features.device)
+    return {
+        "sidm": F.cross_entropy(sidm, labels),
+        "dism": F.cross_entropy(dism, labels),
+        "sparsity": mask.float().mean(),
+    }
+
+
+def clip_contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor,
+                          mask: Optional[torch.Tensor] = None, scale=100.0) -> Dict[str, torch.Tensor]:
+    """CLIP's symmetric InfoNCE on normalised features, same interface (``mask`` ignored).
+
+    ``contrastive`` is the mean of the image->text and text->image cross-entropies, as
+    open_clip's ``ClipLoss``. ``scale`` may be a tensor (the model's ``logit_scale.exp()``).
+    """
+    _check_inputs(image_features, text_features)
+    img = F.normalize(image_features.float(), dim=-1)
+    txt = F.normalize(text_features.float(), dim=-1)
+    logits = scale * img @ txt.t()
+    labels = torch.arange(img.shape[0], device=img.device)
+    i2t, t2i = F.cross_entropy(logits, labels), F.cross_entropy(logits.t(), labels)
+    return {"i2t": i2t, "t2i": t2i, "contrastive": (i2t + t2i) / 2}
+
+
+class ModularContrastiveLoss(nn.Module):
+    """Weighted modular loss over every process's batch.
+
+    ``forward(image_features, text_features, mask)`` takes the local batch and returns a
+    dict with ``loss`` (``align_weight * (sidm + dism) + sparsity_weight * sparsity``)
+    and the unweighted terms. Under torch.distributed, features and masks are gathered
+    with gradients and local row ``i`` on rank ``r`` has its positive at column
+    ``r * b + i``. With ``local_loss`` (the default, as the released code) each rank
+    averages over its own rows; otherwise every rank computes the whole-batch loss. Either
+    way, gradients averaged across ranks (DDP) equal the single-process gradient on the
+    concatenated batch.
+    """
+
+    def __init__(self, align_weight: float = 10.0, sparsity_weight: float = 2.0, scale: float = 100.0,
+                 local_loss: bool = True, eps: float = DEFAULT_EPS):
+        super().__init__()
+        self.align_weight, self.sparsity_weight = align_weight, sparsity_weight
+        self.scale, self.local_loss, self.eps = scale, local_loss, eps
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, mask: torch.Tensor,
+                **_unused) -> Dict[str, torch.Tensor]:
+        _check_inputs(image_features, text_features, mask)
+        if not is_distributed():
+            terms = modular_contrastive_loss(image_features, text_features, mask, self.scale, self.eps)
+        else:
+            all_img, all_txt, all_mask = (gather_with_grad(t) for t in (image_features, text_features, mask))
+            if self.local_loss:
+                b = image_features.shape[0]
+                sidm, dism = modular_logits(image_features, text_features, mask, all_img, all_txt, all_mask,
+                                            self.scale, self.eps)
+                labels = torch.arange(b, device=sidm.device) + world_info().rank * b
+                terms = {"sidm": F.cross_entropy(sidm, labels), "dism": F.cross_entropy(dism, labels),
+                         "sparsity": mask.float().mean()}
+            else:
+                terms = modular_contrastive_loss(all_img, all_txt, all_mask, self.scale, self.eps)
+        terms["loss"] = self.align_weight * (terms["sidm"] + terms["dism"]) + self.sparsity_weight * terms["sparsity"]
+        return terms
+
+
+class ClipContrastiveLoss(nn.Module):
+    """CLIP InfoNCE baseline with the modular loss's interface and gathering.
+
+    ``scale=None`` uses the model's learned temperature (pass ``logit_scale``, i.e.
+    ``exp`` of the parameter, to ``forward``); a number fixes it.
+    """
+
+    def __init__(self, scale: Optional[float] = None, local_loss: bool = True, weight: float = 1.0):
+        super().__init__()
+        self.scale, self.local_loss, self.weight = scale, local_loss, weight
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
+                mask: Optional[torch.Tensor] = None, logit_scale: Optional[torch.Tensor] = None,
+                **_unused) -> Dict[str, torch.Tensor]:
+        _check_inputs(image_features, text_features)
+        scale = self.scale if self.scale is not None else logit_scale
+        if scale is None:
+            raise ValueError("ClipContrastiveLoss(scale=None) needs logit_scale in forward()")
+        if not is_distributed():
+            terms = clip_contrastive_loss(image_features, text_features, scale=scale)
+        else:
+            all_img, all_txt = gather_with_grad(image_features), gather_with_grad(text_features)
+            if self.local_loss:
+                b = image_features.shape[0]
+                img = F.normalize(image_features.float(), dim=-1)
+                txt = F.normalize(text_features.float(), dim=-1)
+                labels = torch.arange(b, device=img.device) + world_info().rank * b
+                i2t = F.cross_entropy(scale * img @ F.normalize(all_txt.float(), dim=-1).t(), labels)
+                t2i = F.cross_entropy(scale * txt @ F.normalize(all_img.float(), dim=-1).t(), labels)
+                terms = {"i2t": i2t, "t2i": t2i, "contrastive": (i2t + t2i) / 2}
+            else:
+                terms = clip_contrastive_loss(all_img, all_txt, scale=scale)
+        terms["loss"] = self.weight * terms["contrastive"]
+        return terms

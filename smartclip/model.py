@@ -1,0 +1,269 @@
+"""The SmartCLIP model: an open_clip CLIP with long text and a text-conditioned mask.
+
+State-dict names follow the OpenAI / authors' layout (SPEC 8): ``visual.*``,
+``transformer.resblocks.*``, ``token_embedding.weight``, ``positional_embedding``
+(frozen), ``positional_embedding_res`` (trainable), ``ln_final.*``,
+``text_projection``, ``logit_scale`` and ``mask_net.*``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from open_clip.model import CLIP
+from open_clip.transformer import ResidualAttentionBlock, text_global_pool
+
+__all__ = ["stretch_positional_embedding", "MaskNetwork", "SmartCLIP", "straight_through_mask"]
+
+
+def stretch_positional_embedding(P: torch.Tensor, keep: int = 20, ratio: int = 4) -> torch.Tensor:
+    """Long-CLIP's knowledge-preserved stretching of positional embeddings.
+
+    Rows ``[:keep]`` are copied; every later gap ``P[k] -> P[k+1]`` is filled with
+    ``ratio`` linearly interpolated rows, and the last row is extrapolated along
+    ``P[L-1] - P[L-2]``. Output length is ``keep + ratio * (L - keep)``.
+    """
+    if P.dim() != 2:
+        raise ValueError(f"positional embedding must be [positions, width], got shape {tuple(P.shape)}")
+    L = P.shape[0]
+    if ratio < 1:
+        raise ValueError(f"ratio must be >= 1, got {ratio}")
+    if not 0 <= keep <= L - 2:
+        raise ValueError(f"keep must be in [0, {L - 2}] for {L} positions, got {keep}")
+    w = (torch.arange(ratio, dtype=torch.float32, device=P.device) / ratio).to(P.dtype)
+    start, end = P[keep:L - 1], P[keep + 1:L]  # each gap k -> k+1
+    between = (1 - w)[None, :, None] * start[:, None, :] + w[None, :, None] * end[:, None, :]
+    tail = P[L - 1][None, :] + w[:, None] * (P[L - 1] - P[L - 2])[None, :]
+    return torch.cat([P[:keep], between.reshape(-1, P.shape[1]), tail], dim=0)
+
+
+def straight_through_mask(probs: torch.Tensor) -> torch.Tensor:
+    """Hard 0/1 mask in the forward pass, the gradient of ``probs`` in the backward pass."""
+    hard = (probs >= 0.5).to(probs.dtype)
+    return hard - probs.detach() + probs
+
+
+class AttentionPool(nn.Module):
+    """Softmax-over-tokens pooling with a learned score per token."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.attention = nn.Linear(width, 1)
+
+    def forward(self, x: torch.Tensor, pad: Optional[torch.Tensor] = None) -> torch.Tensor:
+        scores = self.attention(x).squeeze(-1)  # [B, L]
+        if pad is not None:
+            scores = scores.masked_fill(pad, float("-inf"))
+        weights = scores.softmax(dim=-1)
+        return torch.einsum("bl,bld->bd", weights, x)
+
+
+class MaskNetwork(nn.Module):
+    """Predicts mask logits over image-embedding dimensions from the text token sequence.
+
+    One pre-LN residual attention block (bidirectional), attention pooling, and a
+    projection only when the text width differs from the embedding size (SPEC 2).
+    """
+
+    def __init__(self, width: int, heads: int, embed_dim: int, act_layer=nn.GELU, norm_layer=nn.LayerNorm):
+        super().__init__()
+        self.resblocks = nn.ModuleList([
+            ResidualAttentionBlock(width, heads, mlp_ratio=4.0, act_layer=act_layer, norm_layer=norm_layer)
+        ])
+        self.attn_pool = AttentionPool(width)
+        self.proj = nn.Linear(width, embed_dim, bias=False) if width != embed_dim else None
+        self.heads = heads
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        width = self.attn_pool.attention.in_features
+        layers = len(self.resblocks)
+        attn_std = width ** -0.5
+        proj_std = width ** -0.5 * (2 * layers) ** -0.5
+        fc_std = (2 * width) ** -0.5
+        for block in self.resblocks:
+            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+        nn.init.normal_(self.attn_pool.attention.weight, std=width ** -0.5)
+        nn.init.zeros_(self.attn_pool.attention.bias)
+        if self.proj is not None:
+            nn.init.normal_(self.proj.weight, std=width ** -0.5)
+
+    def forward(self, sequence: torch.Tensor, pad: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``sequence`` [B, L, width] -> mask logits [B, embed_dim]. ``pad`` [B, L] is True at
+        positions to ignore (only used with ``mask_padding``; the released model attends to all)."""
+        x = sequence
+        attn_mask = None
+        if pad is not None:
+            # additive [B * heads, L, L] mask hiding padded keys
+            attn_mask = torch.zeros(pad.shape[0], 1, pad.shape[1], dtype=x.dtype, device=x.device)
+            attn_mask = attn_mask.masked_fill(pad[:, None, :], float("-inf"))
+            attn_mask = attn_mask.expand(-1, pad.shape[1], -1).repeat_interleave(self.heads, dim=0)
+        for block in self.resblocks:
+            x = block(x, attn_mask=attn_mask)
+        pooled = self.attn_pool(x, pad)
+        if self.proj is not None:
+            pooled = self.proj(pooled)
+        return pooled
+
+
+def _activation_of(clip: CLIP):
+    act = clip.transformer.resblocks[0].mlp.gelu
+    return act.__class__
+
+
+class SmartCLIP(nn.Module):
+    """CLIP with 248-token text (stretched positions) and a mask network.
+
+    Built from an open_clip ``CLIP``; takes over its modules so the state dict keeps
+    the OpenAI names. ``keep`` and ``ratio`` define the positional stretch
+    (context = keep + ratio * (L - keep), 248 for CLIP's 77).
+    """
+
+    def __init__(
+        self,
+        clip: CLIP,
+        keep: int = 20,
+        ratio: int = 4,
+        soft_mask: bool = False,
+        mask_padding: bool = False,
+    ):
+        super().__init__()
+        if not isinstance(clip, CLIP) or not hasattr(clip, "token_embedding"):
+            raise TypeError(
+                "SmartCLIP needs an open_clip CLIP with the built-in text transformer "
+                f"(got {type(clip).__name__}); Hugging Face text towers and CoCa are not supported")
+        if clip.text_pool_type not in ("argmax", "eos"):
+            raise ValueError(f"text pool type {clip.text_pool_type!r} is not supported (argmax or eos)")
+        self.visual = clip.visual
+        self.transformer = clip.transformer
+        self.token_embedding = clip.token_embedding
+        self.ln_final = clip.ln_final
+        self.text_projection = clip.text_projection
+        self.logit_scale = clip.logit_scale
+        self.text_pool_type = clip.text_pool_type
+        self.text_eos_id = clip.text_eos_id
+        self.causal = clip.attn_mask is not None
+        self.keep, self.ratio = keep, ratio
+        self.soft_mask, self.mask_padding = soft_mask, mask_padding
+
+        base = clip.positional_embedding.detach()
+        stretched = stretch_positional_embedding(base, keep, ratio) if ratio > 1 else base.clone()
+        self.context_length = stretched.shape[0]
+        # Frozen copy serves positions < keep; the trainable copy serves the rest.
+        self.register_buffer("positional_embedding", stretched.clone())
+        self.positional_embedding_res = nn.Parameter(stretched.clone())
+        if self.causal:
+            mask = torch.full((self.context_length, self.context_length), float("-inf")).triu_(1)
+            self.register_buffer("attn_mask", mask, persistent=False)
+        else:
+            self.attn_mask = None
+
+        width = self.transformer.width
+        heads = self.transformer.resblocks[0].attn.num_heads
+        embed_dim = self.embed_dim
+        self.mask_net = MaskNetwork(width, heads, embed_dim, act_layer=_activation_of(clip),
+                                    norm_layer=type(self.ln_final))
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def embed_dim(self) -> int:
+        proj = self.text_projection
+        return proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1]
+
+    @property
+    def text_width(self) -> int:
+        return self.transformer.width
+
+    @property
+    def image_size(self) -> Tuple[int, int]:
+        size = self.visual.image_size
+        return tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+
+    def merged_positional_embedding(self) -> torch.Tensor:
+        """The single [context, width] table an ordinary CLIP would use."""
+        return torch.cat([self.positional_embedding[: self.keep], self.positional_embedding_res[self.keep:]], 0)
+
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.visual.set_grad_checkpointing(enable)
+        self.transformer.grad_checkpointing = enable
+
+    def mask_parameters(self):
+        return self.mask_net.parameters()
+
+    # ------------------------------------------------------------------- encoders
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        features = self.visual(images)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def _eot_index(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.text_pool_type == "eos":
+            return (tokens == self.text_eos_id).int().argmax(dim=-1)
+        return tokens.argmax(dim=-1)
+
+    def _text_tower(self, tokens: torch.Tensor, trim: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Returns (projected EOT features [B, embed_dim], final-LN sequence [B, L, width])."""
+        if tokens.shape[-1] != self.context_length:
+            raise ValueError(f"tokens have {tokens.shape[-1]} positions, the model expects "
+                             f"{self.context_length}; use smartclip.get_tokenizer(model)")
+        length = self.context_length
+        if trim and self.causal:
+            # causal attention: positions up to each text's EOT never see the padding after it
+            length = int(self._eot_index(tokens).max()) + 1
+            tokens = tokens[:, :length]
+        cast_dtype = self.transformer.get_cast_dtype()
+        x = self.token_embedding(tokens).to(cast_dtype)
+        x = x + self.merged_positional_embedding()[:length].to(cast_dtype)
+        attn_mask = self.attn_mask[:length, :length] if self.attn_mask is not None else None
+        x = self.transformer(x, attn_mask=attn_mask)
+        sequence = self.ln_final(x)
+        pooled = text_global_pool(sequence, tokens, self.text_pool_type, eos_token_id=self.text_eos_id)
+        if isinstance(self.text_projection, nn.Linear):
+            pooled = self.text_projection(pooled)
+        else:
+            pooled = pooled @ self.text_projection
+        return pooled, sequence
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False, trim: bool = True) -> torch.Tensor:
+        """Text embeddings. ``trim`` drops padding after the longest text (same values)."""
+        features, _ = self._text_tower(tokens, trim=trim)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def _padding(self, tokens: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        return positions[None, :] > self._eot_index(tokens)[:, None]
+
+    def _mask_from_sequence(self, sequence: torch.Tensor, tokens: torch.Tensor) -> Dict[str, torch.Tensor]:
+        pad = self._padding(tokens[:, : sequence.shape[1]]) if self.mask_padding else None
+        logits = self.mask_net(sequence.detach(), pad)  # no gradient into the text encoder
+        probs = torch.sigmoid(logits.float())
+        mask = probs if self.soft_mask else straight_through_mask(probs)
+        return {"mask": mask, "mask_probs": probs, "mask_logits": logits}
+
+    def text_mask(self, tokens: torch.Tensor, soft: Optional[bool] = None) -> torch.Tensor:
+        """The mask [n, embed_dim] each text selects: hard 0/1 with a straight-through
+        gradient, or the sigmoid probabilities with ``soft=True``."""
+        # with mask_padding the padding is ignored anyway, so trimming is exact
+        _, sequence = self._text_tower(tokens, trim=self.mask_padding)
+        out = self._mask_from_sequence(sequence, tokens)
+        soft = self.soft_mask if soft is None else soft
+        return out["mask_probs"] if soft else straight_through_mask(out["mask_probs"])
+
+    def forward(self, images: Optional[torch.Tensor] = None, tokens: Optional[torch.Tensor] = None,
+                with_mask: bool = True) -> Dict[str, torch.Tensor]:
+        """What the losses need: unnormalised ``image_features``, raw ``text_features``,
+        ``mask`` (STE or soft), ``mask_probs``, ``mask_logits`` and ``logit_scale``."""
+        out: Dict[str, torch.Tensor] = {"logit_scale": self.logit_scale.exp()}
+        if images is not None:
+            out["image_features"] = self.encode_image(images)
+        if tokens is not None:
+            features, sequence = self._text_tower(tokens, trim=not with_mask or self.mask_padding)
+            out["text_features"] = features
+            if with_mask:
+                out.update(self._mask_from_sequence(sequence, tokens))
+        return out

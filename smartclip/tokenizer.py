@@ -1,0 +1,80 @@
+"""CLIP BPE tokenisation at the model's (long) context, with truncation reported."""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple, Union
+
+import torch
+from open_clip.tokenizer import SimpleTokenizer
+
+__all__ = ["Tokenizer", "get_tokenizer", "DEFAULT_CONTEXT_LENGTH"]
+
+DEFAULT_CONTEXT_LENGTH = 248
+
+
+class Tokenizer:
+    """open_clip's CLIP tokenizer at ``context_length`` that counts what it truncates.
+
+    A text longer than the context keeps its first ``context_length - 1`` tokens and
+    ends with the end-of-text token, as open_clip does. ``tokenize`` returns which rows
+    were truncated; ``num_truncated`` / ``num_texts`` accumulate over calls (reset with
+    ``reset_counts``) so training and evaluation logs can report it.
+    """
+
+    def __init__(self, context_length: int = DEFAULT_CONTEXT_LENGTH):
+        if context_length < 2:
+            raise ValueError(f"context_length must be >= 2, got {context_length}")
+        self._bpe = SimpleTokenizer(context_length=context_length)
+        self.context_length = context_length
+        self.sot_token_id = self._bpe.sot_token_id
+        self.eot_token_id = self._bpe.eot_token_id
+        self.vocab_size = len(self._bpe.encoder)
+        self.num_truncated = 0
+        self.num_texts = 0
+
+    def reset_counts(self):
+        self.num_truncated = self.num_texts = 0
+
+    def encode(self, text: str) -> List[int]:
+        """BPE ids of one text without start / end tokens."""
+        return self._bpe.encode(text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._bpe.decode([int(i) for i in ids if int(i) not in (0, self.sot_token_id, self.eot_token_id)])
+
+    def tokenize(self, texts: Union[str, Sequence[str]]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(tokens [n, context] long, truncated [n] bool)``."""
+        if isinstance(texts, str):
+            texts = [texts]
+        n, ctx = len(texts), self.context_length
+        tokens = torch.zeros(n, ctx, dtype=torch.long)
+        truncated = torch.zeros(n, dtype=torch.bool)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"text {i} is {type(text).__name__}, expected str")
+            ids = [self.sot_token_id] + self.encode(text) + [self.eot_token_id]
+            if len(ids) > ctx:
+                ids = ids[:ctx]
+                ids[-1] = self.eot_token_id
+                truncated[i] = True
+            tokens[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        self.num_truncated += int(truncated.sum())
+        self.num_texts += n
+        return tokens, truncated
+
+    def __call__(self, texts: Union[str, Sequence[str]]) -> torch.Tensor:
+        return self.tokenize(texts)[0]
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(context_length={self.context_length})"
+
+
+def get_tokenizer(model_or_name=None, context_length: int | None = None) -> Tokenizer:
+    """A tokenizer at the context length of a SmartCLIP model, a model name or checkpoint
+    path (248 for every CLIP architecture, as the stretch makes it), or ``context_length``."""
+    if context_length is None:
+        if model_or_name is None or isinstance(model_or_name, str):
+            from .factory import context_length_for
+            context_length = context_length_for(model_or_name)
+        else:
+            context_length = int(getattr(model_or_name, "context_length"))
+    return Tokenizer(context_length)
