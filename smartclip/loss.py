@@ -58,6 +58,9 @@ def modular_logits(image_features: torch.Tensor, text_features: torch.Tensor, ma
         return scale * num / sq_norm.clamp_min(eps * eps).sqrt()
 
     sidm = masked_cosine(z @ (m_all * tn_all).t(), (z * z) @ (m_all * m_all).t())
+    if all_image_features is None and all_text_features is None and all_mask is None:
+        # one process: dism[i, j] = <u(j, i), tn_i> = sidm[j, i]
+        return sidm, sidm.t()
     dism = masked_cosine((m * tn) @ z_all.t(), (m * m) @ (z_all * z_all).t())
     return sidm, dism
 

@@ -1,0 +1,139 @@
+"""The modular loss against a direct restatement of SPEC 3, and against open_clip's ClipLoss."""
+import os
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from open_clip.loss import ClipLoss
+
+from smartclip.loss import (ClipContrastiveLoss, ModularContrastiveLoss, clip_contrastive_loss,
+                            modular_contrastive_loss)
+from smartclip.model import straight_through_mask
+
+
+def reference_modular_loss(z, t, m, scale=100.0, eps=1e-6):
+    """SPEC 3 written literally, with the [N, N, d] tensor the released code builds."""
+    n = z.shape[0]
+    tn = t / t.norm(dim=-1, keepdim=True)
+    zm = z[:, None, :] * m[None, :, :]                     # [image i, caption j, d]
+    u = zm / zm.norm(dim=-1, keepdim=True).clamp_min(eps)  # u(i, j)
+    labels = torch.arange(n)
+    sidm_logits = scale * (u * tn[None, :, :]).sum(-1)          # image i vs caption j (mask j)
+    dism_logits = scale * (u.transpose(0, 1) * tn[:, None, :]).sum(-1)  # caption i vs image j (mask i)
+    return {
+        "sidm": torch.nn.functional.cross_entropy(sidm_logits, labels),
+        "dism": torch.nn.functional.cross_entropy(dism_logits, labels),
+        "sparsity": m.mean(),
+    }
+
+
+def _inputs(n=12, d=16, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, d, generator=g, dtype=dtype)
+    t = torch.randn(n, d, generator=g, dtype=dtype)
+    logits = torch.randn(n, d, generator=g, dtype=dtype)
+    return z, t, logits
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_values_and_gradients_match_direct_formula(soft):
+    results = []
+    for fn in (modular_contrastive_loss, reference_modular_loss):
+        z, t, logits = (x.clone().requires_grad_(True) for x in _inputs())
+        probs = torch.sigmoid(logits)
+        m = probs if soft else straight_through_mask(probs)
+        out = fn(z, t, m)
+        total = 10 * (out["sidm"] + out["dism"]) + 2 * out["sparsity"]
+        total.backward()
+        results.append(({k: out[k].detach() for k in ("sidm", "dism", "sparsity")}, z.grad, t.grad, logits.grad))
+    (ours, gz, gt, gl), (ref, rz, rt, rl) = results
+    for k in ours:
+        torch.testing.assert_close(ours[k], ref[k], rtol=1e-5, atol=1e-6)
+    for a, b in ((gz, rz), (gt, rt), (gl, rl)):
+        scale = b.abs().max()
+        torch.testing.assert_close(a / scale, b / scale, rtol=1e-5, atol=1e-5)
+    assert gl.abs().sum() > 0  # the straight-through estimator lets gradient reach the mask logits
+
+
+def test_all_ones_mask_is_twice_clip_loss():
+    z, t, _ = _inputs(n=10, d=8)
+    ours = modular_contrastive_loss(z, t, torch.ones_like(z))
+    theirs = ClipLoss()(torch.nn.functional.normalize(z, dim=-1), torch.nn.functional.normalize(t, dim=-1),
+                        logit_scale=torch.tensor(100.0))
+    torch.testing.assert_close(ours["sidm"] + ours["dism"], 2 * theirs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(clip_contrastive_loss(z, t)["contrastive"], theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_zero_mask_row_is_finite():
+    z, t, _ = _inputs(n=4, d=8)
+    m = torch.ones_like(z)
+    m[1] = 0  # a caption that selects nothing: the released code gives NaN here
+    out = modular_contrastive_loss(z, t, m)
+    assert all(torch.isfinite(v) for v in out.values())
+
+
+def test_weights_of_module():
+    z, t, logits = _inputs()
+    m = straight_through_mask(torch.sigmoid(logits))
+    terms = ModularContrastiveLoss(align_weight=3.0, sparsity_weight=0.5)(z, t, m)
+    torch.testing.assert_close(terms["loss"], 3.0 * (terms["sidm"] + terms["dism"]) + 0.5 * terms["sparsity"])
+
+
+def test_shape_errors_name_the_tensor():
+    z, t, logits = _inputs(n=4, d=8)
+    with pytest.raises(ValueError, match=r"text_features has shape \(4, 6\), expected \(4, 8\)"):
+        modular_contrastive_loss(z, t[:, :6], logits)
+    with pytest.raises(ValueError, match=r"mask has shape \(3, 8\), expected \(4, 8\)"):
+        modular_contrastive_loss(z, t, logits[:3])
+    with pytest.raises(ValueError, match="image_features must be"):
+        modular_contrastive_loss(z[0], t, logits)
+
+
+# ------------------------------------------------------------------------- two processes
+def _worker(rank, world, path, local_loss, objective):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["_TEST_PORT"])
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        z, t, logits = (x.clone() for x in _inputs(n=8, d=16, seed=3))
+        b = z.shape[0] // world
+        z, t, logits = (x[rank * b:(rank + 1) * b].clone().requires_grad_(True) for x in (z, t, logits))
+        m = straight_through_mask(torch.sigmoid(logits))
+        if objective == "smartclip":
+            out = ModularContrastiveLoss(local_loss=local_loss)(z, t, m)
+        else:
+            out = ClipContrastiveLoss(scale=50.0, local_loss=local_loss)(z, t)
+        out["loss"].backward()
+        torch.save({"loss": out["loss"].detach(), "gz": z.grad, "gt": t.grad, "gl": logits.grad},
+                   os.path.join(path, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["smartclip", "clip"])
+@pytest.mark.parametrize("local_loss", [True, False])
+def test_two_processes_match_one(local_loss, objective, unused_port):
+    world = 2
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["_TEST_PORT"] = str(unused_port)
+        mp.start_processes(_worker, args=(world, tmp, local_loss, objective), nprocs=world, start_method="spawn")
+        parts = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(world)]
+    z, t, logits = (x.clone().requires_grad_(True) for x in _inputs(n=8, d=16, seed=3))
+    m = straight_through_mask(torch.sigmoid(logits))
+    if objective == "smartclip":
+        single = ModularContrastiveLoss()(z, t, m)
+    else:
+        single = ClipContrastiveLoss(scale=50.0)(z, t)
+    single["loss"].backward()
+    # the loss DDP optimises is the mean over ranks; every rank's gradient is world x the
+    # single-process one, which DDP's gradient averaging divides back out
+    torch.testing.assert_close(torch.stack([p["loss"] for p in parts]).mean(), single["loss"].detach(),
+                               rtol=1e-5, atol=1e-6)
+    grads = {"gz": z.grad, "gt": t.grad, "gl": logits.grad if objective == "smartclip" else None}
+    for key, full in grads.items():
+        if full is None:
+            continue
+        ranks = torch.cat([p[key] for p in parts]) / world
+        torch.testing.assert_close(ranks, full, rtol=1e-5, atol=1e-6)
