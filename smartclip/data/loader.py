@@ -1,0 +1,142 @@
+"""``build_train_data`` and ``TrainData``: per-rank batches with a resumable position."""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Dict, List, Tuple
+
+from .config import DataConfig, SourceSpec
+from .errors import BadInputStats, DataError
+from .readers import SHAREGPT4V_EVAL_SIZE, read_csv, scan_sharegpt4v
+from .records import RecordTable
+
+__all__ = ["TrainData", "build_train_data", "scan_map_source"]
+
+log = logging.getLogger("smartclip.data")
+
+# The running bad fraction is only checked once this many records were read on a rank, so a
+# few bad images among the first batches do not stop a run whose overall fraction is fine.
+MIN_RECORDS_FOR_RUNTIME_CHECK = 512
+
+
+def scan_map_source(src: SourceSpec, cfg: DataConfig) -> Tuple[RecordTable, list, int]:
+    """``(table of good records, bad events, records scanned)`` of one CSV or json source."""
+    path = src.files[0]
+    if src.kind == "csv":
+        good, bad = read_csv(path, image_key=cfg.csv_image_key, caption_key=cfg.csv_caption_key,
+                             separator=cfg.csv_separator or None, check_files=cfg.check_files)
+    else:
+        start = SHAREGPT4V_EVAL_SIZE if cfg.exclude_sharegpt4v_eval else 0
+        good, bad = scan_sharegpt4v(path, cfg.image_roots, check_files=cfg.check_files, start=start)
+        if cfg.exclude_sharegpt4v_eval:
+            log.info("%s: records [:%d] (ShareGPT4V-1k) held out of training (data.exclude_sharegpt4v_eval)",
+                     path, SHAREGPT4V_EVAL_SIZE)
+    if not good:
+        raise DataError(f"{path}: no usable records ({len(bad)} bad"
+                        + (f"; first: {bad[0][1]}: {bad[0][0]} ({bad[0][2]})" if bad else "") + ")")
+    return RecordTable(path, good), bad, len(good) + len(bad)
+
+
+class TrainData:
+    """Batches of one rank, epoch by epoch, with a position that survives a restart.
+
+    ``iter(data)`` yields the remaining batches of the current epoch:
+    ``{"images": [B,3,H,W], "tokens": [B*k, ctx], "image_index": [B*k], "texts": [B*k]}``.
+    ``set_epoch(e)`` moves to epoch ``e`` (from its start, unless ``e`` is the epoch the
+    position already points into). ``state_dict()`` / ``load_state_dict()`` carry the position.
+    """
+
+    def __init__(self, backend, *, cfg: DataConfig, batch_size: int, rank: int, world_size: int, seed: int,
+                 scan_stats: BadInputStats):
+        self.backend, self.cfg = backend, cfg
+        self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
+        self.epoch, self.position = 0, 0
+        self.scan_stats = scan_stats
+        self.read_stats = BadInputStats(cfg.max_bad_fraction)
+
+    def __len__(self) -> int:
+        return self.backend.num_batches
+
+    def set_epoch(self, epoch: int):
+        if int(epoch) != self.epoch:
+            self.epoch, self.position = int(epoch), 0
+
+    def __iter__(self):
+        it = self.backend.batches(self.epoch, self.position)
+        epoch = self.epoch
+        while self.position < len(self) and self.epoch == epoch:
+            try:
+                batch = next(it)
+            except StopIteration:
+                raise DataError(f"rank {self.rank}: the loader ended after {self.position} of {len(self)} "
+                                f"batches of epoch {self.epoch}") from None
+            events = batch.pop("events")
+            self.read_stats.records_read += len(batch["images"])
+            self.read_stats.records_read += sum(1 for e in events if e[2].endswith("substituted"))
+            self.read_stats.add_events(events, log_it=True)
+            self.read_stats.check(f"rank {self.rank}, epoch {self.epoch}: ",
+                                  min_records=MIN_RECORDS_FOR_RUNTIME_CHECK)
+            self.position += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batches_done": self.position, "seed": self.seed,
+                "batch_size": self.batch_size, "world_size": self.world_size,
+                "num_batches": len(self), **getattr(self.backend, "state_extra", lambda: {})()}
+
+    def load_state_dict(self, state: dict):
+        for key, mine in (("seed", self.seed), ("batch_size", self.batch_size), ("world_size", self.world_size),
+                          ("num_batches", len(self))):
+            if key in state and state[key] != mine:
+                raise DataError(f"cannot resume the data position: it was saved with {key}={state[key]}, "
+                                f"this run has {key}={mine}; the batch order would differ")
+        check = getattr(self.backend, "check_state", None)
+        if check:
+            check(state)
+        self.epoch, self.position = int(state["epoch"]), int(state["batches_done"])
+
+    def stats(self) -> Dict[str, int]:
+        """Counts on this rank: records read, bad input by kind (skipped and repaired), plus the
+        up-front scan's counts on rank 0 only, so a sum over ranks counts each record once."""
+        total = BadInputStats()
+        total.merge(self.read_stats)
+        if self.rank == 0:
+            total.counts.update(self.scan_stats.counts)
+        out = total.as_dict()
+        out["records_scanned"] = self.scan_stats.records_read if self.rank == 0 else 0
+        return out
+
+
+def build_train_data(cfg: DataConfig, *, preprocess: Callable, tokenizer, batch_size: int, rank: int = 0,
+                     world_size: int = 1, seed: int = 0) -> TrainData:
+    """The batches of rank ``rank`` of ``world_size`` for ``cfg`` (``batch_size`` images per rank)."""
+    cfg.validate()
+    if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"batch_size={batch_size}, rank={rank}, world_size={world_size}: need batch_size >= 1 "
+                         f"and 0 <= rank < world_size")
+    sources = cfg.sources()
+    scan_stats = BadInputStats(cfg.max_bad_fraction)
+    common = dict(preprocess=preprocess, tokenizer=tokenizer, batch_size=batch_size, rank=rank,
+                  world_size=world_size, seed=seed, mode=cfg.caption_mode, k=cfg.captions_per_image,
+                  max_pixels=cfg.max_image_pixels, samples_per_epoch=cfg.samples_per_epoch,
+                  num_workers=cfg.num_workers, pin_memory=cfg.pin_memory)
+    if all(s.kind != "wds" for s in sources):
+        from .mapstyle import MapStyleBackend
+        tables = []
+        for src in sources:
+            table, bad, scanned = scan_map_source(src, cfg)
+            scan_stats.records_read += scanned
+            scan_stats.add_events(bad, log_it=(rank == 0))
+            tables.append(table)
+        scan_stats.check(f"{cfg.train}: ")
+        backend = MapStyleBackend(tables, [s.weight for s in sources], **common)
+    else:
+        from .streaming import StreamingBackend
+        backend = StreamingBackend(sources, cfg, scan_stats=scan_stats, **common)
+    if backend.num_batches == 0:
+        raise DataError(f"{cfg.train}: too few samples for one batch of {batch_size} on each of {world_size} "
+                        f"rank(s) ({backend.describe() if hasattr(backend, 'describe') else ''})")
+    data = TrainData(backend, cfg=cfg, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed,
+                     scan_stats=scan_stats)
+    log.info("data: %s -> %d batches of %d per epoch on rank %d/%d", cfg.train, len(data), batch_size, rank,
+             world_size)
+    return data
