@@ -1,0 +1,440 @@
+"""Typed training configuration: dataclasses, YAML files and dotted command-line overrides.
+
+An experiment is one YAML file in ``configs/``; every key can be overridden with
+``section.key=value``. Unknown keys, wrong types and impossible values raise
+:class:`ConfigError` naming the key and what would be valid, before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Sequence, Union
+
+import yaml
+
+__all__ = ["ConfigError", "ModelConfig", "LossConfig", "OptimGroupConfig", "OptimConfig", "LoopConfig",
+           "CheckpointConfig", "EvalConfig", "TrainConfig", "load_config", "apply_overrides",
+           "config_to_dict", "config_from_dict", "dump_config"]
+
+OBJECTIVES = ("smartclip", "clip")
+PRECISIONS = ("fp32", "fp16", "bf16")
+SCHEDULES = ("cosine", "constant")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run: names the key and what would be valid."""
+
+
+def _data_config_class():
+    try:
+        from smartclip.data import DataConfig
+    except ImportError as e:  # the data package is a separate part of the project
+        raise ConfigError(f"data: smartclip.data.DataConfig is not importable ({e})") from e
+    return DataConfig
+
+
+def _default_data_config():
+    return _data_config_class()()
+
+
+# ----------------------------------------------------------------------------- sections
+@dataclass
+class ModelConfig:
+    """Which model to train. ``options``: keep, ratio, soft_mask, mask_padding (see
+    ``smartclip.create_model``)."""
+    name: str = "smartclip-micro"
+    pretrained: Optional[str] = None
+    options: Dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, prefix="model"):
+        from smartclip.factory import DEFAULT_OPTIONS
+        unknown = sorted(set(self.options) - set(DEFAULT_OPTIONS))
+        if unknown:
+            raise ConfigError(f"{prefix}.options: unknown option(s) {unknown}; valid: {sorted(DEFAULT_OPTIONS)}")
+        if not self.name:
+            raise ConfigError(f"{prefix}.name: empty; give a name from `smartclip models` or a checkpoint path")
+
+
+@dataclass
+class LossConfig:
+    """Loss weights. ``scale``: fixed logit scale (SPEC 3 uses 100 for both objectives so an
+    ablation changes one thing); ``null`` learns CLIP's temperature (``objective=clip`` only).
+    ``full_mask`` forces the mask to all ones: SmartCLIP's loss with m = 1, a control."""
+    align_weight: float = 10.0
+    sparsity_weight: float = 2.0
+    scale: Optional[float] = 100.0
+    full_mask: bool = False
+    local_loss: bool = True
+
+    def validate(self, prefix="loss"):
+        _non_negative(self.align_weight, f"{prefix}.align_weight")
+        _non_negative(self.sparsity_weight, f"{prefix}.sparsity_weight")
+        if self.scale is not None and not self.scale > 0:
+            raise ConfigError(f"{prefix}.scale: must be > 0 (or null to learn it), got {self.scale}")
+
+
+@dataclass
+class OptimGroupConfig:
+    """AdamW settings and learning-rate schedule of one parameter group."""
+    lr: float = 1e-6
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+    def validate(self, prefix):
+        _non_negative(self.lr, f"{prefix}.lr")
+        _non_negative(self.weight_decay, f"{prefix}.weight_decay")
+        _non_negative(self.warmup_steps, f"{prefix}.warmup_steps")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"{prefix}.betas: need two numbers in [0, 1), got {self.betas}")
+        if not self.eps > 0:
+            raise ConfigError(f"{prefix}.eps: must be > 0, got {self.eps}")
+
+
+@dataclass
+class OptimConfig:
+    """Two AdamW groups (SPEC 4): the CLIP weights and ``model.mask_net``."""
+    clip: OptimGroupConfig = field(default_factory=lambda: OptimGroupConfig(1e-6, 0.01, 200, "cosine"))
+    mask: OptimGroupConfig = field(default_factory=lambda: OptimGroupConfig(1e-3, 0.0, 0, "cosine"))
+    grad_clip: Optional[float] = None
+
+    def validate(self, prefix="optim"):
+        self.clip.validate(f"{prefix}.clip")
+        self.mask.validate(f"{prefix}.mask")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"{prefix}.grad_clip: must be > 0 or null, got {self.grad_clip}")
+
+
+@dataclass
+class LoopConfig:
+    """Length, batch and numerics of the run.
+
+    ``global_batch``: images per optimizer step over all processes. ``micro_batch``: images
+    per forward pass within a process (gradient caching: same negatives and gradients as the
+    whole batch); ``null`` = the whole local batch at once.
+    """
+    steps: Optional[int] = None
+    epochs: Optional[int] = None
+    global_batch: int = 1024
+    micro_batch: Optional[int] = None
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    grad_checkpointing: bool = False
+    augment: bool = False
+    device: str = "auto"
+    nonfinite_limit: int = 5
+    log_every: int = 1
+    progress: bool = True
+    plots: bool = True
+    tensorboard: bool = True
+
+    def validate(self, prefix="train"):
+        if (self.steps is None) == (self.epochs is None):
+            raise ConfigError(f"{prefix}.steps / {prefix}.epochs: set exactly one of them "
+                              f"(got steps={self.steps}, epochs={self.epochs})")
+        for name in ("steps", "epochs"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{prefix}.{name}: must be >= 1, got {value}")
+        if self.global_batch < 1:
+            raise ConfigError(f"{prefix}.global_batch: must be >= 1, got {self.global_batch}")
+        if self.micro_batch is not None and self.micro_batch < 1:
+            raise ConfigError(f"{prefix}.micro_batch: must be >= 1 or null, got {self.micro_batch}")
+        if self.nonfinite_limit < 1:
+            raise ConfigError(f"{prefix}.nonfinite_limit: must be >= 1, got {self.nonfinite_limit}")
+        if self.log_every < 1:
+            raise ConfigError(f"{prefix}.log_every: must be >= 1, got {self.log_every}")
+        if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
+            raise ConfigError(f"{prefix}.device: {self.device!r} is not valid; use auto, cpu, cuda, cuda:N or mps")
+
+    def check_world(self, world_size: int, prefix="train"):
+        """Batch sizes that must divide evenly once the number of processes is known."""
+        if self.global_batch % world_size:
+            raise ConfigError(f"{prefix}.global_batch={self.global_batch} is not divisible by the "
+                              f"{world_size} processes; use a multiple of {world_size}")
+        local = self.global_batch // world_size
+        if self.micro_batch is not None and (self.micro_batch > local or local % self.micro_batch):
+            divisors = [d for d in range(1, local + 1) if local % d == 0]
+            raise ConfigError(f"{prefix}.micro_batch={self.micro_batch} must divide the local batch of {local} "
+                              f"images (global_batch {self.global_batch} / {world_size} processes); "
+                              f"valid: {divisors} or null")
+
+
+@dataclass
+class CheckpointConfig:
+    """``every_steps``: 0 writes only the final checkpoint. ``keep_last``: older ones are deleted."""
+    every_steps: int = 500
+    keep_last: int = 3
+
+    def validate(self, prefix="checkpoint"):
+        _non_negative(self.every_steps, f"{prefix}.every_steps")
+        if self.keep_last < 1:
+            raise ConfigError(f"{prefix}.keep_last: must be >= 1, got {self.keep_last}")
+
+
+@dataclass
+class EvalConfig:
+    """Periodic evaluation with ``smartclip.eval.evaluate``: ``specs`` are benchmark specs,
+    run every ``every_steps`` (0: never periodically) and at the end when ``at_end``."""
+    specs: List[str] = field(default_factory=list)
+    every_steps: int = 0
+    at_end: bool = True
+    root: Optional[str] = None
+    batch_size: int = 64
+
+    def validate(self, prefix="eval"):
+        _non_negative(self.every_steps, f"{prefix}.every_steps")
+        if self.batch_size < 1:
+            raise ConfigError(f"{prefix}.batch_size: must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Compose in code or load with :func:`load_config`."""
+    run_dir: str = "runs/train"
+    objective: Literal["smartclip", "clip"] = "smartclip"
+    seed: int = 0
+    resume: Optional[str] = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: Any = field(default_factory=_default_data_config, metadata={"type": _data_config_class})
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> "TrainConfig":
+        """Check every section; raises :class:`ConfigError`. Returns ``self``."""
+        _check_types(self, "")
+        if not self.run_dir:
+            raise ConfigError("run_dir: empty; give the directory the run writes to")
+        if self.loss.scale is None and self.objective != "clip":
+            raise ConfigError("loss.scale: null (a learned temperature) needs objective=clip; "
+                              "the modular loss uses a fixed scale (100 in the paper)")
+        if self.loss.full_mask and self.objective != "smartclip":
+            raise ConfigError("loss.full_mask: only meaningful with objective=smartclip")
+        self.model.validate()
+        self.loss.validate()
+        self.optim.validate()
+        self.train.validate()
+        self.checkpoint.validate()
+        self.eval.validate()
+        validate_data = getattr(self.data, "validate", None)
+        if validate_data is not None:
+            try:
+                validate_data()
+            except ConfigError:
+                raise
+            except ValueError as e:
+                raise ConfigError(str(e)) from e
+        return self
+
+
+def _non_negative(value, key):
+    if value < 0 or (isinstance(value, float) and not math.isfinite(value)):
+        raise ConfigError(f"{key}: must be a finite number >= 0, got {value}")
+
+
+# ------------------------------------------------------------------ dict <-> dataclass
+def _field_type(cls, f: dataclasses.Field):
+    if "type" in f.metadata:
+        return f.metadata["type"]()
+    return typing.get_type_hints(cls)[f.name]
+
+
+def _describe(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin is Union:
+        return " or ".join("null" if a is type(None) else _describe(a) for a in typing.get_args(tp))
+    if origin in (list, List):
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if origin in (dict, Dict):
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping with keys {[f.name for f in dataclasses.fields(tp)]}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value, tp, key: str):
+    """``value`` converted to ``tp`` or a ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Union:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{key}: {value!r} is not valid; choose one of {list(choices)}{hint}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
+        return config_from_dict(tp, value, prefix=key)
+    if origin in (list, List):
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-6" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _unknown_key(cls, key: str, prefix: str) -> ConfigError:
+    names = [f.name for f in dataclasses.fields(cls)]
+    full = f"{prefix}.{key}" if prefix else key
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    where = f"in '{prefix}'" if prefix else "at the top level"
+    return ConfigError(f"{full}: unknown key {where}.{hint} Valid keys: {names}")
+
+
+def config_from_dict(cls, data: Dict[str, Any], prefix: str = ""):
+    """Build dataclass ``cls`` from a nested dict, checking keys and types."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise _unknown_key(cls, key, prefix)
+        full = f"{prefix}.{key}" if prefix else key
+        kwargs[key] = _coerce(value, _field_type(cls, fields[key]), full)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{prefix or 'config'}: {e}") from e
+
+
+def _check_types(obj, prefix: str):
+    """Re-check a config composed in code (``cfg.train.steps = "10"`` is caught here)."""
+    for f in dataclasses.fields(obj):
+        full = f"{prefix}.{f.name}" if prefix else f.name
+        value = getattr(obj, f.name)
+        tp = _field_type(type(obj), f)
+        if dataclasses.is_dataclass(tp) and isinstance(value, tp):
+            if tp.__module__ == __name__:
+                _check_types(value, full)
+            continue
+        setattr(obj, f.name, _coerce(value, tp, full))
+
+
+def config_to_dict(cfg) -> Dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg, path) -> Path:
+    """Write the resolved config as YAML (what ``config.yaml`` in a run directory holds)."""
+    path = Path(path)
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    return path
+
+
+# --------------------------------------------------------------------------- overrides
+def _parse_override(item: str):
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. train.steps=200")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
+    """Set dotted ``key=value`` pairs in a nested dict (values parsed as YAML)."""
+    for item in overrides:
+        key, value = _parse_override(item)
+        node = data
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"{'.'.join(parts[:i + 1])}: is a value ({child!r}), not a section; "
+                                  f"cannot set {key}")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path=None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """A validated :class:`TrainConfig` from a YAML file (or defaults when ``path`` is None)
+    with dotted ``key=value`` overrides applied."""
+    data: Dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    data = apply_overrides(data, overrides)
+    try:
+        cfg = config_from_dict(TrainConfig, data)
+        return cfg.validate()
+    except ConfigError as e:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{e}") from e
