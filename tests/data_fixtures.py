@@ -27,7 +27,8 @@ from PIL import Image
 from conftest import real_images
 
 __all__ = ["caption_for", "image_for", "make_csv_dataset", "make_sharegpt4v_dataset", "make_wds_shards",
-           "write_bad_inputs", "png_bomb_bytes", "EXPECTED_BAD_CSV"]
+           "write_bad_inputs", "png_bomb_bytes", "make_bad_csv_dataset", "make_bad_sharegpt4v_dataset",
+           "make_bad_wds_shards", "LONG_CAPTION"]
 
 _SIZE = 40
 
@@ -181,6 +182,133 @@ def write_bad_inputs(folder) -> Dict[str, str]:
     return files
 
 
-# What the CSV built by tests.test_data.make_bad_csv is expected to report (kept here so the
-# CLI test and the loader test agree).
-EXPECTED_BAD_CSV: Dict[str, int] = {}
+LONG_CAPTION = "A very long caption. " + " ".join(f"word{i}" for i in range(300)) + "."
+
+# Records with bad or odd input shared by every format: (case, image case or good index, caption).
+# Image case names refer to write_bad_inputs; ints are good images; None means no image field.
+_NON_UTF8 = b"caf\xe9 au lait, not UTF-8"
+_BAD_CASES = [
+    ("missing_file", "missing", caption_for(900)),
+    ("empty_file", "zero_byte", caption_for(901)),
+    ("truncated_image", "truncated", caption_for(902)),
+    ("not_an_image", "not_image", caption_for(903)),
+    ("decompression_bomb", "bomb", caption_for(904)),
+    ("missing_field", None, caption_for(905)),
+    ("empty_caption", 0, ""),
+    ("whitespace_caption", 1, "  \t  "),
+    ("non_utf8_caption", 2, _NON_UTF8),
+]
+_REPAIRED_CASES = [
+    ("converted_grayscale", "grayscale", caption_for(910)),
+    ("converted_cmyk", "cmyk", caption_for(911)),
+    ("converted_palette", "palette", caption_for(912)),
+    ("converted_alpha", "alpha", caption_for(913)),
+    ("truncated_caption", 3, LONG_CAPTION),
+]
+
+
+def _expected(n_good: int, include_missing_file: bool = True, extra_missing_field: int = 0) -> dict:
+    counts = {case: 1 for case, _, _ in _BAD_CASES}
+    counts.update({case: 1 for case, _, _ in _REPAIRED_CASES})
+    if not include_missing_file:
+        counts.pop("missing_file")
+    counts["missing_field"] += extra_missing_field
+    skipped = sum(v for k, v in counts.items() if not k.startswith(("converted", "truncated_caption")))
+    good_captions = [caption_for(i) for i in range(n_good)] + [c for _, _, c in _REPAIRED_CASES]
+    return {"counts": counts, "records": n_good + len(_REPAIRED_CASES) + skipped, "skipped": skipped,
+            "good_captions": good_captions}
+
+
+def make_bad_csv_dataset(directory, n_good: int = 8):
+    """A CSV with ``n_good`` good records followed by one record of every kind of bad and odd
+    input (missing/zero-byte/truncated/non-image/bomb images, missing fields, empty/whitespace/
+    non-UTF-8 captions; grayscale/CMYK/palette/alpha images and a caption longer than the
+    context, which are repaired). Returns ``(path, expected)`` with ``expected["counts"]`` by kind,
+    ``expected["records"]``, ``expected["skipped"]`` and ``expected["good_captions"]``."""
+    directory = Path(directory)
+    names = _good_images(directory / "images", n_good)
+    bad = write_bad_inputs(directory / "odd")
+    rows = [(f"images/{nm}", caption_for(i)) for i, nm in enumerate(names)]
+    for case, image, caption in _BAD_CASES + _REPAIRED_CASES:
+        if image is None:
+            rows.append(("", caption))
+        elif image == "missing":
+            rows.append(("images/does_not_exist.jpg", caption))
+        elif isinstance(image, int):
+            rows.append((f"images/{names[image]}", caption))
+        else:
+            rows.append((f"odd/{bad[image]}", caption))
+    out = io.BytesIO()
+    out.write(b"filepath,title\n")
+    for image, caption in rows:
+        cap = caption if isinstance(caption, bytes) else caption.encode()
+        out.write(image.encode() + b',"' + cap.replace(b'"', b'""') + b'"\n')
+    out.write(b"images/short_row_without_caption.jpg\n")  # a row missing its caption field
+    path = directory / "bad.csv"
+    path.write_bytes(out.getvalue())
+    return str(path), _expected(n_good, extra_missing_field=1)
+
+
+def make_bad_sharegpt4v_dataset(directory, n_good: int = 8, eval_records: int = 0):
+    """Like ``make_bad_csv_dataset`` for a ShareGPT4V json (image paths under ``coco/``), after
+    ``eval_records`` good held-out records. Extra bad record: no 'gpt' turn."""
+    directory = Path(directory)
+    names = _good_images(directory / "coco" / "train2017", max(n_good, 4) + eval_records)
+    bad = write_bad_inputs(directory / "coco" / "odd")
+    records = [_sharegpt4v_record(i, f"coco/train2017/{names[i]}", caption_for(i)) for i in range(eval_records)]
+    records += [_sharegpt4v_record(eval_records + i, f"coco/train2017/{names[eval_records + i]}", caption_for(i))
+                for i in range(n_good)]
+    raw_bytes = {}
+    for case, image, caption in _BAD_CASES + _REPAIRED_CASES:
+        j = len(records)
+        if image is None:
+            rec = _sharegpt4v_record(j, "", caption)
+            del rec["image"]
+        else:
+            path = ("coco/train2017/missing.jpg" if image == "missing" else
+                    f"coco/train2017/{names[eval_records + image]}" if isinstance(image, int) else f"coco/odd/{bad[image]}")
+            rec = _sharegpt4v_record(j, path, "@@NONUTF8@@" if isinstance(caption, bytes) else caption)
+            if isinstance(caption, bytes):
+                raw_bytes["@@NONUTF8@@"] = caption
+        records.append(rec)
+    records.append(_sharegpt4v_record(len(records), f"coco/train2017/{names[0]}", None))  # no gpt turn
+    data = json.dumps(records).encode()
+    for marker, raw in raw_bytes.items():
+        data = data.replace(marker.encode(), raw)
+    path = directory / "sharegpt4v_bad.json"
+    path.write_bytes(data)
+    return str(path), _expected(n_good, extra_missing_field=1)
+
+
+def make_bad_wds_shards(directory, n_good: int = 8, per_shard: int = 6):
+    """WebDataset shards with ``n_good`` good samples and every kind of bad and odd sample
+    (a missing file cannot happen inside a tar; instead: a sample without an image member, one
+    without a caption member, and a json caption without a 'caption' field, all missing_field)."""
+    directory = Path(directory)
+    bad_dir = directory / "odd_src"
+    bad = write_bad_inputs(bad_dir)
+    samples = []
+    for i in range(n_good):
+        ext, fmt = ("jpg", "JPEG") if i % 2 == 0 else ("png", "PNG")
+        samples.append({ext: _encode(image_for(i), fmt), "txt": caption_for(i).encode()})
+    for case, image, caption in _BAD_CASES + _REPAIRED_CASES:
+        if image == "missing":
+            continue
+        if image is None:
+            samples.append({"txt": caption.encode()})
+            continue
+        data = _encode(image_for(image), "PNG") if isinstance(image, int) else (bad_dir / bad[image]).read_bytes()
+        ext = "png" if isinstance(image, int) else bad[image].rsplit(".", 1)[1]
+        samples.append({ext: data, "txt": caption if isinstance(caption, bytes) else caption.encode()})
+    samples.append({"jpg": _encode(image_for(0), "JPEG")})                                   # no caption member
+    samples.append({"jpg": _encode(image_for(1), "JPEG"), "json": b'{"url": "x"}'})         # json, no caption
+    out = directory / "bad_shards"
+    out.mkdir(parents=True, exist_ok=True)
+    n_shards = -(-len(samples) // per_shard)
+    for s in range(n_shards):
+        with tarfile.open(out / f"{s:04d}.tar", "w") as tar:
+            for i in range(s * per_shard, min(len(samples), (s + 1) * per_shard)):
+                for ext, data in samples[i].items():
+                    _tar_add(tar, f"s{i:05d}.{ext}", data)
+    return str(out / f"{{0000..{n_shards - 1:04d}}}.tar"), _expected(n_good, include_missing_file=False,
+                                                                      extra_missing_field=2)

@@ -76,11 +76,11 @@ class TrainData:
                                 f"batches of epoch {self.epoch}") from None
             events = batch.pop("events")
             self.read_stats.records_read += len(batch["images"])
-            self.read_stats.records_read += sum(1 for e in events if e[2].endswith("substituted"))
             self.read_stats.add_events(events, log_it=True)
-            self.read_stats.check(f"rank {self.rank}, epoch {self.epoch}: ",
-                                  min_records=MIN_RECORDS_FOR_RUNTIME_CHECK)
             self.position += 1
+            # Checked once enough records were read, and always at the end of an epoch.
+            self.read_stats.check(f"rank {self.rank}, epoch {self.epoch}: ",
+                                  min_records=0 if self.position == len(self) else MIN_RECORDS_FOR_RUNTIME_CHECK)
             yield batch
 
     def state_dict(self) -> dict:

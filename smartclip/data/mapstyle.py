@@ -53,13 +53,18 @@ class _RecordDataset(Dataset):
                                      mode=self.mode, k=self.k, seed=sample_seed(self.seed, epoch, position),
                                      max_pixels=self.max_pixels)
             except BadImage as e:
-                events.append((e.kind, rec.where, f"{e.path}: {e.detail}; substituted"))
+                # Only the record at this plan position is counted; a substitute that fails too
+                # is counted where its own position comes, so every occurrence counts once.
+                if attempt == 0:
+                    events.append((e.kind, rec.where, f"{e.path}: {e.detail}; substituted"))
+                last = e
                 local = random.Random(sample_seed(self.seed, epoch, position, attempt + 1)).randrange(len(table))
                 continue
-            sample.events = events + sample.events
+            if attempt:
+                sample.substitute, sample.events = True, events
             return sample
         raise DataError(f"{_MAX_SUBSTITUTIONS} images in a row failed to decode in {table.source} "
-                        f"(last: {events[-1][1]}: {events[-1][2]}); check the data with `smartclip data check`")
+                        f"(last: {last}); check the data with `smartclip data check`")
 
 
 def _worker_init(_):

@@ -19,10 +19,12 @@ __all__ = ["Sample", "make_sample", "collate_samples"]
 
 
 class Sample:
-    __slots__ = ("image", "texts", "where", "events")
+    """A decoded sample. ``substitute`` marks one standing in for a bad record: its own
+    problems are not counted again here (they are counted where its own record is read)."""
+    __slots__ = ("image", "texts", "where", "events", "substitute")
 
-    def __init__(self, image: torch.Tensor, texts: List[str], where: str, events: list):
-        self.image, self.texts, self.where, self.events = image, texts, where, events
+    def __init__(self, image: torch.Tensor, texts: List[str], where: str, events: list, substitute: bool = False):
+        self.image, self.texts, self.where, self.events, self.substitute = image, texts, where, events, substitute
 
 
 def make_sample(image_source, caption: str, where: str, *, preprocess: Callable, mode: str, k: int,
@@ -43,15 +45,17 @@ def make_sample(image_source, caption: str, where: str, *, preprocess: Callable,
 def collate_samples(samples: Sequence[Sample], tokenizer, extra_events: Sequence = ()) -> dict:
     """Stack a batch: ``images [B,3,H,W]``, ``tokens [B*k, ctx]``, ``image_index [B*k]``, ``texts``,
     and ``events`` (bad input met while making it, including captions the tokenizer truncated)."""
-    texts, image_index, wheres, events = [], [], [], list(extra_events)
+    texts, image_index, wheres, counted, events = [], [], [], [], list(extra_events)
     for i, s in enumerate(samples):
         texts.extend(s.texts)
         image_index.extend([i] * len(s.texts))
         wheres.extend([s.where] * len(s.texts))
+        counted.extend([not s.substitute] * len(s.texts))
         events.extend(s.events)
     tokens, truncated = tokenizer.tokenize(texts)
     for j in torch.nonzero(truncated).flatten().tolist():
-        events.append(("truncated_caption", wheres[j], f"longer than the {tokenizer.context_length}-token context"))
+        if counted[j]:
+            events.append(("truncated_caption", wheres[j], f"longer than the {tokenizer.context_length}-token context"))
     return {
         "images": torch.stack([s.image for s in samples]),
         "tokens": tokens,

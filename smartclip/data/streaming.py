@@ -176,11 +176,11 @@ class _ReaderStream(IterableDataset):
                 if last_good is None:
                     pending += 1
                     continue
-                sample = Sample(last_good.image, list(last_good.texts), last_good.where, [])
+                sample = Sample(last_good.image, list(last_good.texts), last_good.where, [], True)
             else:
                 last_good = sample
                 while pending:  # bad samples before the first good one take its copy
-                    batch.append(Sample(sample.image, list(sample.texts), sample.where, []))
+                    batch.append(Sample(sample.image, list(sample.texts), sample.where, [], True))
                     pending -= 1
                     if len(batch) == b.batch_size:
                         yield collate_samples(batch, b.tokenizer, events)
