@@ -65,25 +65,39 @@ def modular_logits(image_features: torch.Tensor, text_features: torch.Tensor, ma
     return sidm, dism
 
 
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor, row_groups=None, col_groups=None):
+    """Cross-entropy where columns sharing a row's group (other captions of the same image)
+    are left out of its negatives."""
+    if row_groups is not None:
+        same = row_groups[:, None] == col_groups[None, :]
+        same[torch.arange(len(labels), device=labels.device), labels] = False
+        logits = logits.masked_fill(same, float("-inf"))
+    return F.cross_entropy(logits, labels)
+
+
 def modular_contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, mask: torch.Tensor,
-                             scale: float = 100.0, eps: float = DEFAULT_EPS) -> Dict[str, torch.Tensor]:
+                             scale: float = 100.0, eps: float = DEFAULT_EPS,
+                             groups: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
     """SPEC 3's terms for one process: ``sidm``, ``dism`` and ``sparsity``, unweighted.
 
     ``image_features`` [N, d] unnormalised; ``text_features`` [N, d] raw (normalised here);
     ``mask`` [N, d] (hard straight-through or soft). Row i of each is one image-caption pair.
+    ``groups`` [N] (optional): pairs with the same id show the same image (k captions per
+    image); they are not used as each other's negatives.
     """
     _check_inputs(image_features, text_features, mask)
     sidm, dism = modular_logits(image_features, text_features, mask, scale=scale, eps=eps)
     labels = torch.arange(image_features.shape[0], device=image_features.device)
     return {
-        "sidm": F.cross_entropy(sidm, labels),
-        "dism": F.cross_entropy(dism, labels),
+        "sidm": _cross_entropy(sidm, labels, groups, groups),
+        "dism": _cross_entropy(dism, labels, groups, groups),
         "sparsity": mask.float().mean(),
     }
 
 
 def clip_contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor,
-                          mask: Optional[torch.Tensor] = None, scale=100.0) -> Dict[str, torch.Tensor]:
+                          mask: Optional[torch.Tensor] = None, scale=100.0,
+                          groups: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
     """CLIP's symmetric InfoNCE on normalised features, same interface (``mask`` ignored).
 
     ``contrastive`` is the mean of the image->text and text->image cross-entropies, as
@@ -94,17 +108,29 @@ def clip_contrastive_loss(image_features: torch.Tensor, text_features: torch.Ten
     txt = F.normalize(text_features.float(), dim=-1)
     logits = scale * img @ txt.t()
     labels = torch.arange(img.shape[0], device=img.device)
-    i2t, t2i = F.cross_entropy(logits, labels), F.cross_entropy(logits.t(), labels)
+    i2t = _cross_entropy(logits, labels, groups, groups)
+    t2i = _cross_entropy(logits.t(), labels, groups, groups)
     return {"i2t": i2t, "t2i": t2i, "contrastive": (i2t + t2i) / 2}
+
+
+def _gathered(local_loss: bool, *tensors):
+    """``(rows, columns, label offset)`` for this process: local rows against every process's
+    columns (``local_loss``), or the whole gathered batch as rows. Gathering keeps gradients."""
+    if not is_distributed():
+        return tensors, None, 0
+    gathered = tuple(None if t is None else gather_with_grad(t) for t in tensors)
+    if not local_loss:
+        return gathered, None, 0
+    return tensors, gathered, world_info().rank * tensors[0].shape[0]
 
 
 class ModularContrastiveLoss(nn.Module):
     """Weighted modular loss over every process's batch.
 
-    ``forward(image_features, text_features, mask)`` takes the local batch and returns a
-    dict with ``loss`` (``align_weight * (sidm + dism) + sparsity_weight * sparsity``)
-    and the unweighted terms. Under torch.distributed, features and masks are gathered
-    with gradients and local row ``i`` on rank ``r`` has its positive at column
+    ``forward(image_features, text_features, mask, groups=None)`` takes the local batch and
+    returns a dict with ``loss`` (``align_weight * (sidm + dism) + sparsity_weight *
+    sparsity``) and the unweighted terms. Under torch.distributed, features and masks are
+    gathered with gradients and local row ``i`` on rank ``r`` has its positive at column
     ``r * b + i``. With ``local_loss`` (the default, as the released code) each rank
     averages over its own rows; otherwise every rank computes the whole-batch loss. Either
     way, gradients averaged across ranks (DDP) equal the single-process gradient on the
@@ -118,21 +144,19 @@ class ModularContrastiveLoss(nn.Module):
         self.scale, self.local_loss, self.eps = scale, local_loss, eps
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, mask: torch.Tensor,
-                **_unused) -> Dict[str, torch.Tensor]:
+                groups: Optional[torch.Tensor] = None, **_unused) -> Dict[str, torch.Tensor]:
         _check_inputs(image_features, text_features, mask)
-        if not is_distributed():
-            terms = modular_contrastive_loss(image_features, text_features, mask, self.scale, self.eps)
+        rows, cols, offset = _gathered(self.local_loss, image_features, text_features, mask, groups)
+        img, txt, m, g = rows
+        if cols is None:
+            terms = modular_contrastive_loss(img, txt, m, self.scale, self.eps, groups=g)
         else:
-            all_img, all_txt, all_mask = (gather_with_grad(t) for t in (image_features, text_features, mask))
-            if self.local_loss:
-                b = image_features.shape[0]
-                sidm, dism = modular_logits(image_features, text_features, mask, all_img, all_txt, all_mask,
-                                            self.scale, self.eps)
-                labels = torch.arange(b, device=sidm.device) + world_info().rank * b
-                terms = {"sidm": F.cross_entropy(sidm, labels), "dism": F.cross_entropy(dism, labels),
-                         "sparsity": mask.float().mean()}
-            else:
-                terms = modular_contrastive_loss(all_img, all_txt, all_mask, self.scale, self.eps)
+            all_img, all_txt, all_m, all_g = cols
+            sidm, dism = modular_logits(img, txt, m, all_img, all_txt, all_m, self.scale, self.eps)
+            labels = torch.arange(img.shape[0], device=sidm.device) + offset
+            terms = {"sidm": _cross_entropy(sidm, labels, g, all_g),
+                     "dism": _cross_entropy(dism, labels, g, all_g),
+                     "sparsity": m.float().mean()}
         terms["loss"] = self.align_weight * (terms["sidm"] + terms["dism"]) + self.sparsity_weight * terms["sparsity"]
         return terms
 
@@ -150,24 +174,21 @@ class ClipContrastiveLoss(nn.Module):
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
                 mask: Optional[torch.Tensor] = None, logit_scale: Optional[torch.Tensor] = None,
-                **_unused) -> Dict[str, torch.Tensor]:
+                groups: Optional[torch.Tensor] = None, **_unused) -> Dict[str, torch.Tensor]:
         _check_inputs(image_features, text_features)
         scale = self.scale if self.scale is not None else logit_scale
         if scale is None:
             raise ValueError("ClipContrastiveLoss(scale=None) needs logit_scale in forward()")
-        if not is_distributed():
-            terms = clip_contrastive_loss(image_features, text_features, scale=scale)
+        rows, cols, offset = _gathered(self.local_loss, image_features, text_features, groups)
+        img, txt, g = rows
+        if cols is None:
+            terms = clip_contrastive_loss(img, txt, scale=scale, groups=g)
         else:
-            all_img, all_txt = gather_with_grad(image_features), gather_with_grad(text_features)
-            if self.local_loss:
-                b = image_features.shape[0]
-                img = F.normalize(image_features.float(), dim=-1)
-                txt = F.normalize(text_features.float(), dim=-1)
-                labels = torch.arange(b, device=img.device) + world_info().rank * b
-                i2t = F.cross_entropy(scale * img @ F.normalize(all_txt.float(), dim=-1).t(), labels)
-                t2i = F.cross_entropy(scale * txt @ F.normalize(all_img.float(), dim=-1).t(), labels)
-                terms = {"i2t": i2t, "t2i": t2i, "contrastive": (i2t + t2i) / 2}
-            else:
-                terms = clip_contrastive_loss(all_img, all_txt, scale=scale)
+            all_img, all_txt, all_g = cols
+            img, txt = F.normalize(img.float(), dim=-1), F.normalize(txt.float(), dim=-1)
+            labels = torch.arange(img.shape[0], device=img.device) + offset
+            i2t = _cross_entropy(scale * img @ F.normalize(all_txt.float(), dim=-1).t(), labels, g, all_g)
+            t2i = _cross_entropy(scale * txt @ F.normalize(all_img.float(), dim=-1).t(), labels, g, all_g)
+            terms = {"i2t": i2t, "t2i": t2i, "contrastive": (i2t + t2i) / 2}
         terms["loss"] = self.weight * terms["contrastive"]
         return terms

@@ -13,8 +13,9 @@ from smartclip.loss import (ClipContrastiveLoss, ModularContrastiveLoss, clip_co
 from smartclip.model import straight_through_mask
 
 
-def reference_modular_loss(z, t, m, scale=100.0, eps=1e-6):
-    """SPEC 3 written literally, with the [N, N, d] tensor the released code builds."""
+def reference_modular_loss(z, t, m, scale=100.0, eps=1e-6, groups=None):
+    """SPEC 3 written literally, with the [N, N, d] tensor the released code builds.
+    ``groups``: pairs of the same image are not each other's negatives."""
     n = z.shape[0]
     tn = t / t.norm(dim=-1, keepdim=True)
     zm = z[:, None, :] * m[None, :, :]                     # [image i, caption j, d]
@@ -22,6 +23,10 @@ def reference_modular_loss(z, t, m, scale=100.0, eps=1e-6):
     labels = torch.arange(n)
     sidm_logits = scale * (u * tn[None, :, :]).sum(-1)          # image i vs caption j (mask j)
     dism_logits = scale * (u.transpose(0, 1) * tn[:, None, :]).sum(-1)  # caption i vs image j (mask i)
+    if groups is not None:
+        other = (groups[:, None] == groups[None, :]) & ~torch.eye(n, dtype=torch.bool)
+        sidm_logits = sidm_logits.masked_fill(other, float("-inf"))
+        dism_logits = dism_logits.masked_fill(other, float("-inf"))
     return {
         "sidm": torch.nn.functional.cross_entropy(sidm_logits, labels),
         "dism": torch.nn.functional.cross_entropy(dism_logits, labels),
@@ -55,6 +60,18 @@ def test_values_and_gradients_match_direct_formula(soft):
         scale = b.abs().max()
         torch.testing.assert_close(a / scale, b / scale, rtol=1e-5, atol=1e-5)
     assert gl.abs().sum() > 0  # the straight-through estimator lets gradient reach the mask logits
+
+
+def test_several_captions_per_image_are_not_negatives():
+    z, t, logits = _inputs(n=8, d=16)
+    z = z[[0, 0, 1, 1, 2, 2, 3, 3]]  # two captions for each of four images
+    groups = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    m = straight_through_mask(torch.sigmoid(logits))
+    ours = modular_contrastive_loss(z, t, m, groups=groups)
+    ref = reference_modular_loss(z, t, m, groups=groups)
+    for k in ("sidm", "dism"):
+        torch.testing.assert_close(ours[k], ref[k], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(ours["sidm"], modular_contrastive_loss(z, t, m)["sidm"])
 
 
 def test_all_ones_mask_is_twice_clip_loss():
@@ -92,6 +109,7 @@ def test_shape_errors_name_the_tensor():
 
 
 # ------------------------------------------------------------------------- two processes
+GROUPS = torch.tensor([0, 1, 1, 2, 3, 4, 4, 5])  # one image with two captions on each rank
 def _worker(rank, world, path, local_loss, objective):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["_TEST_PORT"])
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -100,10 +118,11 @@ def _worker(rank, world, path, local_loss, objective):
         b = z.shape[0] // world
         z, t, logits = (x[rank * b:(rank + 1) * b].clone().requires_grad_(True) for x in (z, t, logits))
         m = straight_through_mask(torch.sigmoid(logits))
+        groups = GROUPS[rank * b:(rank + 1) * b]
         if objective == "smartclip":
-            out = ModularContrastiveLoss(local_loss=local_loss)(z, t, m)
+            out = ModularContrastiveLoss(local_loss=local_loss)(z, t, m, groups=groups)
         else:
-            out = ClipContrastiveLoss(scale=50.0, local_loss=local_loss)(z, t)
+            out = ClipContrastiveLoss(scale=50.0, local_loss=local_loss)(z, t, groups=groups)
         out["loss"].backward()
         torch.save({"loss": out["loss"].detach(), "gz": z.grad, "gt": t.grad, "gl": logits.grad},
                    os.path.join(path, f"rank{rank}.pt"))
@@ -123,9 +142,9 @@ def test_two_processes_match_one(local_loss, objective, unused_port):
     z, t, logits = (x.clone().requires_grad_(True) for x in _inputs(n=8, d=16, seed=3))
     m = straight_through_mask(torch.sigmoid(logits))
     if objective == "smartclip":
-        single = ModularContrastiveLoss()(z, t, m)
+        single = ModularContrastiveLoss()(z, t, m, groups=GROUPS)
     else:
-        single = ClipContrastiveLoss(scale=50.0)(z, t)
+        single = ClipContrastiveLoss(scale=50.0)(z, t, groups=GROUPS)
     single["loss"].backward()
     # the loss DDP optimises is the mean over ranks; every rank's gradient is world x the
     # single-process one, which DDP's gradient averaging divides back out
@@ -136,4 +155,5 @@ def test_two_processes_match_one(local_loss, objective, unused_port):
         if full is None:
             continue
         ranks = torch.cat([p[key] for p in parts]) / world
-        torch.testing.assert_close(ranks, full, rtol=1e-5, atol=1e-6)
+        scale = full.abs().max()
+        torch.testing.assert_close(ranks / scale, full / scale, rtol=1e-5, atol=1e-5)
