@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser):
                         help="images per resumable shard (a rerun continues after the last finished one)")
     parser.add_argument("--restart", action="store_true", help="discard an unfinished or different run in --out")
     parser.add_argument("--column", help="CSV column holding image paths (default: path, filepath, image...)")
-    parser.add_argument("--id-column", help="CSV column holding ids (default: the path)")
+    parser.add_argument("--id-column", help="CSV column holding ids (default: an 'id' column, else the path)")
     parser.add_argument("--parquet", action="store_true", help="also write embeddings.parquet (needs pyarrow)")
     parser.add_argument("--no-progress", action="store_true")
 

@@ -82,6 +82,8 @@ def _images_in_csv(csv_path: Path, column: Optional[str], id_column: Optional[st
                                   f"{', '.join(_PATH_COLUMNS)} (or name it with --column)")
         elif column not in columns:
             raise SourceError(f"{csv_path}: no column {column!r}; columns are {columns}")
+        if id_column is None and "id" in columns:
+            id_column = "id"
         if id_column is not None and id_column not in columns:
             raise SourceError(f"{csv_path}: no id column {id_column!r}; columns are {columns}")
         ids, paths = [], []
@@ -105,7 +107,8 @@ def _images_in_csv(csv_path: Path, column: Optional[str], id_column: Optional[st
 
 def list_images(source, column: Optional[str] = None, id_column: Optional[str] = None) -> ImageSource:
     """The images of a folder (recursive, sorted, by extension) or of a CSV with a path column
-    (relative paths are relative to the CSV's folder)."""
+    (relative paths are relative to the CSV's folder; ids from ``id_column``, else an ``id``
+    column when there is one, else the path)."""
     source = Path(source)
     if source.is_dir():
         return _images_in_folder(source)
