@@ -69,12 +69,12 @@ def run_loss_case(method: str, n: int, d: int, repeats: int, device: str) -> dic
         loss.backward()
         return loss
 
-    step()  # warm-up
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    rss_before = _rss_mb()
+    rss_before = _rss_mb()  # inputs exist; everything above this is the step's working memory
+    step()  # warm-up
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
