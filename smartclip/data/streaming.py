@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from typing import Callable, Dict, Iterator, List, Sequence
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -42,19 +42,18 @@ from .shards import IMAGE_EXTENSIONS, iter_shard, scan_shard, shard_caption
 __all__ = ["StreamingBackend", "round_robin_consumed"]
 
 
-def round_robin_consumed(batches_per_worker: Sequence[int], done: int) -> List[int]:
-    """How many batches each worker had delivered after ``done`` batches of in-order round robin."""
-    consumed = [0] * len(batches_per_worker)
-    k = 0
-    while done > 0 and k < max(batches_per_worker, default=0):
-        for w, n in enumerate(batches_per_worker):
-            if done == 0:
-                break
-            if k < n:
-                consumed[w] += 1
-                done -= 1
-        k += 1
-    return consumed
+def round_robin_consumed(batches_per_worker: Sequence[int], done: int) -> Tuple[List[int], int]:
+    """After ``done`` batches of in-order round robin over workers with these batch counts (a
+    worker with none left is passed over): how many each worker delivered, and which worker
+    is next in the cycle."""
+    consumed, n = [0] * len(batches_per_worker), len(batches_per_worker)
+    pointer = 0
+    while done > 0:
+        if consumed[pointer] < batches_per_worker[pointer]:
+            consumed[pointer] += 1
+            done -= 1
+        pointer = (pointer + 1) % n
+    return consumed, pointer
 
 
 def _shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
@@ -127,8 +126,8 @@ class _TableSource:
 class _ReaderStream(IterableDataset):
     """Reader ``rank * W + worker``: yields its full, collated batches of one epoch."""
 
-    def __init__(self, backend: "StreamingBackend", epoch: int, skip_batches: List[int]):
-        self.b, self.epoch, self.skip_batches = backend, epoch, skip_batches
+    def __init__(self, backend: "StreamingBackend", epoch: int, skip_batches: List[int], first_reader: int = 0):
+        self.b, self.epoch, self.skip_batches, self.first_reader = backend, epoch, skip_batches, first_reader
 
     def _source_stream(self, src, j: int, quota: int) -> Iterator[tuple]:
         b = self.b
@@ -153,7 +152,9 @@ class _ReaderStream(IterableDataset):
     def __iter__(self):
         b = self.b
         info = get_worker_info()
-        w = info.id if info is not None else 0
+        # A fresh DataLoader starts its round robin at worker 0; after a restart, worker 0 plays
+        # the reader whose batch comes next, so the delivered order continues unchanged.
+        w = ((info.id if info is not None else 0) + self.first_reader) % b.readers_per_rank
         j = b.rank * b.readers_per_rank + w
         if info is not None:
             torch.set_num_threads(1)
@@ -252,7 +253,7 @@ class StreamingBackend:
                             f"(set data.num_workers to match)")
 
     def batches(self, epoch: int, start: int):
-        skip = round_robin_consumed(self.mine, start)
-        stream = _ReaderStream(self, epoch, skip)
+        skip, first_reader = round_robin_consumed(self.mine, start)
+        stream = _ReaderStream(self, epoch, skip, first_reader)
         loader = DataLoader(stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory)
         return iter(loader)
