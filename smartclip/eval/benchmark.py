@@ -1,0 +1,299 @@
+"""The Benchmark protocol and the two generic runners (retrieval, zero-shot classification).
+
+A dataset only has to produce a :class:`RetrievalData` or :class:`ClassificationData`
+(files and labels in its own published layout, see ``datasets.py``); the runners do the
+rest the same way for every dataset: check that every file is there, encode once
+(through the feature cache), score, and report counts, missing files and the protocol.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from .encode import encode_image_items, encode_text_items
+from .metrics import retrieval_recall
+from .zeroshot import build_classifier, classify, openai_templates
+
+__all__ = ["Benchmark", "RetrievalBenchmark", "ClassificationBenchmark", "RetrievalData", "ClassificationData",
+           "FeatureCache", "DatasetNotFoundError", "DatasetFormatError", "IncompleteBenchmarkError"]
+
+MAX_LISTED = 20  # missing names quoted in an error message (all of them go into the result)
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A benchmark's data root or annotation file is absent; the message names the expected
+    layout and where the dataset is published."""
+
+
+class DatasetFormatError(ValueError):
+    """An annotation file that does not parse, naming the file, record and field."""
+
+
+class IncompleteBenchmarkError(RuntimeError):
+    """Images or captions of a benchmark are missing and partial results were not allowed."""
+
+    def __init__(self, benchmark: str, missing: List[str], counts: dict):
+        self.benchmark, self.missing, self.counts = benchmark, missing, counts
+        shown = "\n  ".join(missing[:MAX_LISTED])
+        more = f"\n  ... and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
+        super().__init__(
+            f"{benchmark}: {len(missing)} missing item(s); refusing to report a score on a partial set "
+            f"(counts: {counts}). Missing:\n  {shown}{more}\n"
+            f"Complete the data, or pass allow_partial=True (CLI: --allow-partial) to score what is "
+            f"present; the result is then marked partial.")
+
+
+@dataclass
+class RetrievalData:
+    """``images[i]`` a path (or in-memory image); ``captions[k]`` belongs to image
+    ``text_to_image[k]``. Every image the annotations name is listed, even when its file
+    is absent (the runner reports it) or it has no caption (reported as such);
+    ``missing`` holds other defects found while reading (e.g. an empty caption file)."""
+    images: List[Union[str, Path, np.ndarray]]
+    captions: List[str]
+    text_to_image: List[int]
+    missing: List[str] = field(default_factory=list)
+    notes: Dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class ClassificationData:
+    images: List[Union[str, Path, np.ndarray]]
+    labels: List[int]
+    classnames: List[str]
+    missing: List[str] = field(default_factory=list)
+    notes: Dict[str, object] = field(default_factory=dict)
+
+
+class FeatureCache:
+    """Features keyed by model hash + benchmark + a digest of the exact inputs (paths with
+    size and mtime, or pixel bytes; caption strings; preprocessing; context length). Kept in
+    memory, and in ``directory/<model hash>/`` as safetensors when a directory is given."""
+
+    def __init__(self, model_hash: str, directory: Optional[Union[str, Path]] = None):
+        self.model_hash = model_hash
+        self.directory = Path(directory) / model_hash if directory else None
+        self._memory: Dict[str, Tuple[torch.Tensor, dict]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def fetch(self, key: str, compute: Callable[[], Tuple[torch.Tensor, dict]]) -> Tuple[torch.Tensor, dict]:
+        """``(features, info)`` for ``key``, computing and storing them on a miss."""
+        if key in self._memory:
+            self.hits += 1
+            return self._memory[key]
+        path = self.directory / f"{key}.safetensors" if self.directory else None
+        if path is not None and path.is_file():
+            from safetensors import safe_open
+            with safe_open(str(path), framework="pt") as f:
+                value = (f.get_tensor("features"), json.loads(f.metadata()["info"]))
+            self.hits += 1
+            self._memory[key] = value
+            return value
+        self.misses += 1
+        features, info = compute()
+        self._memory[key] = (features, info)
+        if path is not None:
+            from safetensors.torch import save_file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            save_file({"features": features.contiguous()}, str(tmp), metadata={"info": json.dumps(info)})
+            os.replace(tmp, path)
+        return features, info
+
+
+def _digest(parts: Sequence[object]) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            h.update(part.tobytes())
+        elif isinstance(part, (str, os.PathLike)) and os.path.isfile(part):
+            st = os.stat(part)
+            h.update(f"{os.fspath(part)}|{st.st_size}|{st.st_mtime_ns}".encode())
+        else:
+            h.update(repr(part).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:20]
+
+
+def _name_of(item, root: Optional[Path]) -> str:
+    if isinstance(item, (str, os.PathLike)):
+        p = Path(item)
+        if root is not None:
+            try:
+                return p.relative_to(root).as_posix()
+            except ValueError:
+                pass
+        return p.as_posix()
+    return f"<in-memory image {type(item).__name__}>"
+
+
+class Benchmark:
+    """What every benchmark provides: ``name``, ``protocol`` (exactly what is measured) and
+    ``run(model, *, tokenizer, preprocess, ...)`` returning
+    ``{"benchmark", "protocol", "metrics", "counts", "partial", "missing"}``."""
+
+    name: str = "benchmark"
+    protocol: str = ""
+
+    def run(self, model, *, tokenizer, preprocess, device="cpu", batch_size=64, allow_partial=False,
+            progress=True, feature_cache: Optional[FeatureCache] = None) -> dict:  # pragma: no cover
+        raise NotImplementedError
+
+
+class _FileBenchmark(Benchmark):
+    """Shared checks of the two runners."""
+
+    def __init__(self, name: str, protocol: str, load: Callable[[], object], root: Optional[Path] = None,
+                 expected_images: Optional[int] = None, masked: bool = False, num_workers: int = 0):
+        self.name, self.root, self.expected_images = name, Path(root) if root else None, expected_images
+        self.masked, self.num_workers = bool(masked), int(num_workers)
+        self._load = load
+        self.protocol = protocol + ("; masked scoring <u(i,q), tn_q> (SPEC 5)" if masked
+                                    else "; cosine similarity of unmasked L2-normalised features")
+
+    def _present(self, data) -> Tuple[List[int], List[str], dict]:
+        """Indices of images that exist, the full list of missing names, and base counts."""
+        missing = list(data.missing)
+        present = []
+        for i, item in enumerate(data.images):
+            if isinstance(item, (str, os.PathLike)) and not os.path.isfile(item):
+                missing.append(_name_of(item, self.root))
+            else:
+                present.append(i)
+        listed = len(data.images)
+        counts = {"images_listed": len(data.images)}
+        if self.expected_images is not None:
+            counts["expected_images"] = self.expected_images
+            if len(data.images) > self.expected_images:
+                raise DatasetFormatError(
+                    f"{self.name}: the annotations list {len(data.images)} images but the protocol has "
+                    f"{self.expected_images}; is this the right file? (pass expected_images=N for a "
+                    f"deliberate subset)")
+            if listed < self.expected_images:
+                missing.append(f"{self.expected_images - listed} of the protocol's {self.expected_images} images "
+                               f"are not listed in the data found (file names unknown)")
+        counts.update({k: v for k, v in data.notes.items() if isinstance(v, (int, float, str))})
+        return present, missing, counts
+
+    def _feature_key(self, kind: str, parts: Sequence[object], model, extra=()) -> str:
+        return f"{self.name}-{kind}-" + _digest([kind, getattr(model, "preprocess_cfg", None), *extra, *parts])
+
+    def _images(self, model, preprocess, items, device, batch_size, progress, cache) -> Tuple[torch.Tensor, dict]:
+        def compute():
+            features, failures = encode_image_items(model, preprocess, items, batch_size, device, progress,
+                                                    self.num_workers, desc=f"{self.name} images")
+            return features, {"failures": {str(k): v for k, v in failures.items()}}
+        if cache is None:
+            return compute()
+        return cache.fetch(self._feature_key("images", items, model), compute)
+
+    def _result(self, metrics, counts, missing, partial, seconds) -> dict:
+        return {"benchmark": self.name, "protocol": self.protocol, "metrics": metrics, "counts": counts,
+                "partial": bool(partial), "missing": missing, "seconds": round(seconds, 2)}
+
+
+class RetrievalBenchmark(_FileBenchmark):
+    """Image <-> text Recall@K over a :class:`RetrievalData` (several captions per image)."""
+
+    def __init__(self, name, protocol, load, root=None, expected_images=None, masked=False, num_workers=0,
+                 ks: Sequence[int] = (1, 5, 10)):
+        super().__init__(name, protocol, load, root, expected_images, masked, num_workers)
+        self.ks = tuple(ks)
+
+    def run(self, model, *, tokenizer, preprocess, device="cpu", batch_size=64, allow_partial=False,
+            progress=True, feature_cache=None) -> dict:
+        started = time.time()
+        data: RetrievalData = self._load()
+        present, missing, counts = self._present(data)
+        if missing and not allow_partial:
+            raise IncompleteBenchmarkError(self.name, missing, counts)
+        images = [data.images[i] for i in present]
+        image_features, info = self._images(model, preprocess, images, device, batch_size, progress, feature_cache)
+        failed = {int(k) for k in info["failures"]}
+        for k in sorted(failed):
+            missing.append(f"{_name_of(images[k], self.root)} (unreadable: {info['failures'][str(k)]})")
+        if failed and not allow_partial:
+            raise IncompleteBenchmarkError(self.name, missing, counts)
+        keep = [j for j in range(len(images)) if j not in failed]
+        new_index = {present[j]: n for n, j in enumerate(keep)}
+        text_rows = [k for k, i in enumerate(data.text_to_image) if i in new_index]
+        captions = [data.captions[k] for k in text_rows]
+        t2i = [new_index[data.text_to_image[k]] for k in text_rows]
+        with_caption = set(t2i)
+        orphans = [j for j in range(len(keep)) if j not in with_caption]
+        if orphans:  # images whose captions are all missing
+            missing.extend(f"{_name_of(images[keep[j]], self.root)} (no caption)" for j in orphans)
+            if not allow_partial:
+                raise IncompleteBenchmarkError(self.name, missing, counts)
+            keep_rows = [j for j in range(len(keep)) if j in with_caption]
+            remap = {j: n for n, j in enumerate(keep_rows)}
+            t2i = [remap[j] for j in t2i]
+            keep = [keep[j] for j in keep_rows]
+        image_features = image_features[keep]
+
+        def compute_text():
+            features, truncated = encode_text_items(model, tokenizer, captions, max(batch_size, 64), device, progress,
+                                                    desc=f"{self.name} captions")
+            return features, {"truncated": truncated}
+        key = self._feature_key("texts", captions, model, (getattr(tokenizer, "context_length", None),))
+        text_features, text_info = (feature_cache.fetch(key, compute_text) if feature_cache else compute_text())
+        text_masks = None
+        if self.masked:
+            text_masks = _text_masks(model, tokenizer, captions, device, batch_size)
+        metrics = retrieval_recall(image_features, text_features, t2i, ks=self.ks, text_masks=text_masks)
+        counts.update({"images": len(keep), "texts": len(captions), "truncated_texts": text_info["truncated"],
+                       "missing": len(missing)})
+        return self._result(metrics, counts, missing, bool(missing), time.time() - started)
+
+
+def _text_masks(model, tokenizer, texts, device, batch_size) -> torch.Tensor:
+    if not getattr(model, "mask_trained", True):
+        raise ValueError("masked scoring needs a model whose mask network was trained "
+                         "(model.mask_trained is False)")
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            out.append(model.text_mask(tokenizer(texts[start:start + batch_size]).to(device), soft=False).float().cpu())
+    return torch.cat(out)
+
+
+class ClassificationBenchmark(_FileBenchmark):
+    """Zero-shot top-1 / top-5 over a :class:`ClassificationData` with prompt ensembling."""
+
+    def __init__(self, name, protocol, load, root=None, expected_images=None, masked=False, num_workers=0,
+                 templates: Optional[Sequence[str]] = None, ks: Sequence[int] = (1, 5)):
+        super().__init__(name, protocol, load, root, expected_images, masked, num_workers)
+        self.templates = list(templates) if templates is not None else openai_templates()
+        self.ks = tuple(ks)
+
+    def run(self, model, *, tokenizer, preprocess, device="cpu", batch_size=64, allow_partial=False,
+            progress=True, feature_cache=None) -> dict:
+        started = time.time()
+        data: ClassificationData = self._load()
+        present, missing, counts = self._present(data)
+        if missing and not allow_partial:
+            raise IncompleteBenchmarkError(self.name, missing, counts)
+        images = [data.images[i] for i in present]
+        labels = [data.labels[i] for i in present]
+        image_features, info = self._images(model, preprocess, images, device, batch_size, progress, feature_cache)
+        failed = {int(k) for k in info["failures"]}
+        for k in sorted(failed):
+            missing.append(f"{_name_of(images[k], self.root)} (unreadable: {info['failures'][str(k)]})")
+        if failed and not allow_partial:
+            raise IncompleteBenchmarkError(self.name, missing, counts)
+        keep = [j for j in range(len(images)) if j not in failed]
+        classifier = build_classifier(model, tokenizer, data.classnames, self.templates, max(batch_size, 64), device,
+                                      progress, with_masks=self.masked)
+        metrics = classify(image_features[keep], [labels[j] for j in keep], classifier, self.ks, masked=self.masked)
+        counts.update({"images": len(keep), "classes": len(data.classnames), "templates": len(self.templates),
+                       "truncated_prompts": classifier["truncated"], "missing": len(missing)})
+        return self._result(metrics, counts, missing, bool(missing), time.time() - started)

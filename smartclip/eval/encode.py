@@ -1,0 +1,133 @@
+"""Batched, no-grad feature extraction shared by evaluation, search and the scene benchmark."""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = ["encode_images", "encode_texts", "encode_image_items", "encode_text_items", "ImageLoadError",
+           "model_dtype"]
+
+ImageItem = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+
+class ImageLoadError(ValueError):
+    """An image file that is missing or cannot be decoded."""
+
+
+def model_dtype(model) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def _describe(item) -> str:
+    return os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"<{type(item).__name__}>"
+
+
+def _to_pil(item: ImageItem) -> Image.Image:
+    if isinstance(item, Image.Image):
+        return item.convert("RGB")
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] not in (1, 3):
+            raise ImageLoadError(f"array images must be HxWx3 uint8, got {item.dtype} {item.shape}")
+        return Image.fromarray(item if item.shape[2] == 3 else np.repeat(item, 3, 2))
+    with Image.open(item) as im:
+        return im.convert("RGB")
+
+
+class _ImageItems(torch.utils.data.Dataset):
+    """Applies ``preprocess`` to paths / PIL images / arrays; a failure is returned, not raised,
+    so a whole run can report every bad file at once."""
+
+    def __init__(self, items: Sequence[ImageItem], preprocess, image_size):
+        self.items, self.preprocess, self.image_size = items, preprocess, image_size
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        try:
+            return self.preprocess(_to_pil(self.items[index])), index, ""
+        except Exception as exc:  # noqa: BLE001 - reported per file by the caller
+            return torch.zeros(3, *self.image_size), index, f"{type(exc).__name__}: {exc}"
+
+
+def encode_image_items(model, preprocess, items: Sequence[ImageItem], batch_size: int = 64, device="cpu",
+                       progress: bool = False, num_workers: int = 0, desc: str = "images"
+                       ) -> Tuple[torch.Tensor, Dict[int, str]]:
+    """``(features [n, dim] float32 on CPU, {index: error})``. Rows of images that failed to
+    load are zeros and listed in the dict."""
+    from tqdm.auto import tqdm
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    size = tuple(getattr(model, "image_size", (224, 224)))
+    loader = torch.utils.data.DataLoader(_ImageItems(list(items), preprocess, size), batch_size=batch_size,
+                                         num_workers=num_workers, shuffle=False)
+    dtype = model_dtype(model)
+    chunks, failures = [], {}
+    with torch.no_grad(), tqdm(total=len(items), desc=f"encode {desc}", unit="img", disable=not progress) as bar:
+        for pixels, indices, errors in loader:
+            for index, error in zip(indices.tolist(), errors):
+                if error:
+                    failures[index] = error
+            features = model.encode_image(pixels.to(device=device, dtype=dtype))
+            chunks.append(features.float().cpu())
+            bar.update(len(indices))
+    if not chunks:
+        raise ValueError("no images to encode")
+    return torch.cat(chunks), failures
+
+
+def encode_images(model, preprocess, images_or_paths: Sequence[ImageItem], batch_size: int = 64, device="cpu",
+                  progress: bool = False, num_workers: int = 0) -> torch.Tensor:
+    """Unnormalised image features [n, dim] (float32, CPU) for paths, PIL images or HxWx3
+    uint8 arrays. Raises :class:`ImageLoadError` naming every file that could not be read."""
+    features, failures = encode_image_items(model, preprocess, images_or_paths, batch_size, device,
+                                            progress, num_workers)
+    if failures:
+        listing = "; ".join(f"{_describe(images_or_paths[i])}: {e}" for i, e in sorted(failures.items())[:10])
+        raise ImageLoadError(f"{len(failures)} of {len(images_or_paths)} images could not be read: {listing}")
+    return features
+
+
+def encode_text_items(model, tokenizer, texts: Sequence[str], batch_size: int = 256, device="cpu",
+                      progress: bool = False, desc: str = "texts") -> Tuple[torch.Tensor, int]:
+    """``(features [n, dim] float32 on CPU, number of texts truncated to the context)``.
+
+    Texts are encoded in order of token length so each batch's padding can be trimmed
+    (``encode_text(trim=True)`` stops after the longest text of the batch); rows are
+    returned in the input order."""
+    from tqdm.auto import tqdm
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"text {i} is {type(t).__name__}, expected str")
+    if not texts:
+        raise ValueError("no texts to encode")
+    tokens, truncated = tokenizer.tokenize(texts)
+    lengths = (tokens != 0).sum(1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    out: Optional[torch.Tensor] = None
+    with torch.no_grad(), tqdm(total=len(texts), desc=f"encode {desc}", unit="txt", disable=not progress) as bar:
+        for start in range(0, len(texts), batch_size):
+            rows = order[start:start + batch_size]
+            features = model.encode_text(tokens[rows].to(device), trim=True).float().cpu()
+            if out is None:
+                out = torch.empty(len(texts), features.shape[1])
+            out[rows] = features
+            bar.update(len(rows))
+    return out, int(truncated.sum())
+
+
+def encode_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 256, device="cpu",
+                 progress: bool = False) -> torch.Tensor:
+    """Unnormalised text features [n, dim] (float32, CPU), tokenised at the model's context
+    (248) with truncation counted by the tokenizer."""
+    return encode_text_items(model, tokenizer, texts, batch_size, device, progress)[0]

@@ -1,0 +1,87 @@
+"""``evaluate``: run benchmarks by spec on one model, cache features, write the results."""
+from __future__ import annotations
+
+import datetime
+import platform
+import time
+from typing import Dict, Optional, Sequence
+
+import torch
+
+from .benchmark import FeatureCache
+from .registry import get_benchmark
+from .results import RESULTS_FORMAT, write_results
+
+__all__ = ["evaluate", "run_record"]
+
+
+def run_record(model, results: Dict[str, dict], checkpoint_hash: str, model_label: Optional[str] = None,
+               device="cpu") -> dict:
+    """The JSON document of a run: what was evaluated, how, and the per-benchmark results."""
+    import smartclip
+    return {
+        "format": RESULTS_FORMAT,
+        "model": model_label or getattr(model, "model_name", type(model).__name__),
+        "checkpoint_hash": checkpoint_hash,
+        "context_length": getattr(model, "context_length", None),
+        "embed_dim": getattr(model, "embed_dim", None),
+        "mask_trained": getattr(model, "mask_trained", None),
+        "smartclip_version": smartclip.__version__,
+        "torch_version": torch.__version__,
+        "device": str(device),
+        "host": platform.node(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "results": results,
+    }
+
+
+def evaluate(model, specs: Sequence[str], *, root=None, device="cpu", batch_size: int = 64, out_dir=None,
+             allow_partial: bool = False, progress: bool = True, cache_dir=None,
+             options: Optional[Dict[str, dict]] = None, model_label: Optional[str] = None,
+             num_workers: int = 0, feature_cache: Optional[FeatureCache] = None) -> Dict[str, dict]:
+    """Evaluate ``model`` on each benchmark spec (see :func:`get_benchmark`) and return
+    ``{spec: result}``. The model is put in eval mode and restored afterwards (the training
+    loop calls this). Features are cached per model weights (``state_dict_hash``) and
+    benchmark inputs, in memory and under ``cache_dir`` when given. With ``out_dir``,
+    writes ``eval_<hash>.json`` and ``eval_<hash>.md``. ``options[spec]`` holds extra
+    factory options for one spec (e.g. ``{"coco": {"masked": True}}``); ``num_workers``
+    image-loading processes. A benchmark with missing data raises
+    :class:`IncompleteBenchmarkError` unless ``allow_partial``."""
+    import smartclip
+    if isinstance(specs, str):
+        specs = [specs]
+    if not specs:
+        raise ValueError("no benchmarks given; see smartclip.eval.list_benchmarks()")
+    options = dict(options or {})
+    unknown = set(options) - set(specs)
+    if unknown:
+        raise ValueError(f"options given for benchmarks that are not run: {sorted(unknown)}")
+    # build every benchmark first so a typo or missing root fails before any encoding
+    benches = {}
+    for spec in specs:
+        opts = dict(options.get(spec, {}))
+        if not spec.startswith("scenes:"):
+            opts.setdefault("num_workers", num_workers)
+        benches[spec] = get_benchmark(spec, root=root, **opts)
+    checkpoint_hash = smartclip.state_dict_hash(model)
+    cache = feature_cache if feature_cache is not None else FeatureCache(checkpoint_hash, cache_dir)
+    tokenizer = smartclip.get_tokenizer(model)
+    preprocess = smartclip.image_transform(model, train=False)
+    was_training = model.training
+    model.eval()
+    results: Dict[str, dict] = {}
+    try:
+        for spec, bench in benches.items():
+            started = time.time()
+            result = bench.run(model, tokenizer=tokenizer, preprocess=preprocess, device=device,
+                               batch_size=batch_size, allow_partial=allow_partial, progress=progress,
+                               feature_cache=cache)
+            result.setdefault("seconds", round(time.time() - started, 2))
+            result["context_length"] = tokenizer.context_length
+            results[spec] = result
+    finally:
+        model.train(was_training)
+    if out_dir is not None:
+        write_results(run_record(model, results, checkpoint_hash, model_label, device), out_dir,
+                      f"eval_{checkpoint_hash}")
+    return results
