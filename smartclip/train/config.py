@@ -259,7 +259,8 @@ def _describe(tp) -> str:
         return "a mapping"
     if dataclasses.is_dataclass(tp):
         return f"a mapping with keys {[f.name for f in dataclasses.fields(tp)]}"
-    return getattr(tp, "__name__", str(tp))
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _coerce(value, tp, key: str):
@@ -431,8 +432,8 @@ def load_config(path=None, overrides: Sequence[str] = ()) -> TrainConfig:
             raise ConfigError(f"{path}: not valid YAML ({e})") from e
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
-    data = apply_overrides(data, overrides)
     try:
+        data = apply_overrides(data, overrides)
         cfg = config_from_dict(TrainConfig, data)
         return cfg.validate()
     except ConfigError as e:

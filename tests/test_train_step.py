@@ -1,0 +1,92 @@
+"""The training step: gradient caching equals the full batch; non-finite losses add no gradient."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import smartclip
+from smartclip.train import ContrastiveStep, LossConfig, OptimConfig, build_loss, build_optimizer
+from test_train_utils import assert_same_weights
+
+B = 8
+
+
+@pytest.fixture(scope="module")
+def batch():
+    torch.manual_seed(0)
+    model = smartclip.create_model("smartclip-micro")
+    tok = smartclip.get_tokenizer(model)
+    images = torch.stack([smartclip.image_transform(model)(im) for im in __import__("conftest").real_images(B, 48)])
+    texts = [f"photo {i}: a {c} thing next to {'a very ' * i}small pen" for i, c in
+             enumerate(["red", "blue", "green", "white", "black", "pink", "grey", "gold"])]
+    # two captions per image for the last case: rows 0..7 then 8..15 map to images 0..7
+    return model, images, tok(texts), tok(texts[::-1])
+
+
+def _run(model, objective, images, tokens, image_index, micro_batch, steps=2, scale=100.0, full_mask=False):
+    model = copy.deepcopy(model).train()
+    model.mask_net.requires_grad_(objective == "smartclip" and not full_mask)
+    model.logit_scale.requires_grad_(scale is None)
+    optim = OptimConfig()
+    optim.clip.lr, optim.clip.warmup_steps = 1e-4, 0
+    opt = build_optimizer(model, optim)
+    step = ContrastiveStep(model, build_loss(objective, LossConfig(scale=scale, full_mask=full_mask)),
+                           objective=objective, full_mask=full_mask, micro_batch=micro_batch)
+    outs = []
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        outs.append(step(images, tokens, image_index))
+        opt.step()
+    return model.state_dict(), outs
+
+
+# the modular loss with two captions per image (repeated images in the batch), and InfoNCE with a
+# learned temperature (an extra cached gradient); both objectives' fixed-scale paths are a subset
+@pytest.mark.parametrize("objective, scale, captions", [("smartclip", 100.0, 2), ("clip", None, 1)])
+def test_gradient_caching_matches_the_full_batch(batch, objective, scale, captions):
+    model, images, tokens, tokens_rev = batch
+    image_index = torch.arange(B)
+    if captions == 2:
+        tokens, image_index = torch.cat([tokens, tokens_rev]), torch.cat([image_index, image_index.flip(0)])
+    full, full_out = _run(model, objective, images, tokens, image_index, micro_batch=None, scale=scale)
+    cached, cached_out = _run(model, objective, images, tokens, image_index, micro_batch=B // 4, scale=scale)
+    assert_same_weights(cached, full, atol=1e-5, moved_from=model.state_dict())
+    for a, b in zip(full_out, cached_out):
+        assert a.terms["loss"] == pytest.approx(b.terms["loss"], rel=1e-5)
+        assert a.terms.keys() == b.terms.keys()
+    if objective == "smartclip":
+        assert {"sidm", "dism", "sparsity", "mask_active_mean", "mask_active_min", "mask_active_max"} <= full_out[0].terms.keys()
+        assert full_out[0].terms["mask_active_min"] <= full_out[0].terms["mask_active_mean"] <= full_out[0].terms["mask_active_max"]
+    if scale is None:  # the learned temperature moved, identically
+        assert cached["logit_scale"] != model.state_dict()["logit_scale"]
+
+
+def test_full_mask_control_uses_ones_and_leaves_the_mask_network(batch):
+    model, images, tokens, _ = batch
+    state, outs = _run(model, "smartclip", images, tokens, torch.arange(B), micro_batch=2, steps=1, full_mask=True)
+    assert outs[0].terms["sparsity"] == 1.0 and outs[0].terms["mask_active_min"] == model.embed_dim
+    before = model.state_dict()
+    assert all(torch.equal(state[k], before[k]) for k in before if k.startswith("mask_net."))
+
+
+@pytest.mark.parametrize("micro_batch", [None, 2])
+def test_nonfinite_loss_adds_no_gradient(batch, micro_batch):
+    model, images, tokens, _ = batch
+    model = copy.deepcopy(model).train()
+    model.logit_scale.requires_grad_(False)
+    step = ContrastiveStep(model, build_loss("smartclip", LossConfig()), micro_batch=micro_batch)
+    bad = images.clone()
+    bad[3] = float("nan")
+    out = step(bad, tokens, torch.arange(B))
+    assert not out.finite and not torch.isfinite(torch.tensor(out.terms["loss"]))
+    assert all(p.grad is None for p in model.parameters())
+    assert step(images, tokens, torch.arange(B)).finite
+
+
+def test_micro_batch_must_divide_the_local_batch(batch):
+    model, images, tokens, _ = batch
+    step = ContrastiveStep(model, build_loss("clip", LossConfig()), objective="clip", micro_batch=3)
+    with pytest.raises(ValueError, match="micro_batch=3 does not divide the local batch of 8"):
+        step(images, tokens, torch.arange(B))
