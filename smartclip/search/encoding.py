@@ -108,10 +108,8 @@ def write_parquet(es: EmbeddingSet, path) -> Path:
 # ------------------------------------------------------------------------------ embedding
 def embed_pil_images(model, preprocess, images: Sequence, batch_size: int, device) -> torch.Tensor:
     """L2-normalised image embeddings [n, d] of PIL images (float32, CPU)."""
-    try:
-        from ..eval import encode_images
-    except ImportError:  # TEMPORARY until smartclip.eval lands
-        encode_images = _encode_images_local
+    from ..eval import encode_images
+
     emb = encode_images(model, preprocess, list(images), batch_size=batch_size, device=device, progress=False)
     return F.normalize(emb.float().cpu(), dim=-1)
 
@@ -119,29 +117,10 @@ def embed_pil_images(model, preprocess, images: Sequence, batch_size: int, devic
 def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int, device,
                 progress: bool = False) -> torch.Tensor:
     """L2-normalised text embeddings [n, d] (float32, CPU)."""
-    try:
-        from ..eval import encode_texts
-    except ImportError:  # TEMPORARY until smartclip.eval lands
-        encode_texts = _encode_texts_local
+    from ..eval import encode_texts
+
     emb = encode_texts(model, tokenizer, list(texts), batch_size=batch_size, device=device, progress=progress)
     return F.normalize(emb.float().cpu(), dim=-1)
-
-
-@torch.no_grad()
-def _encode_images_local(model, preprocess, images, batch_size=64, device="cpu", progress=False):
-    out = []
-    for lo in range(0, len(images), batch_size):
-        batch = torch.stack([preprocess(im) for im in images[lo:lo + batch_size]]).to(device)
-        out.append(model.encode_image(batch).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0, model.embed_dim)
-
-
-@torch.no_grad()
-def _encode_texts_local(model, tokenizer, texts, batch_size=256, device="cpu", progress=False):
-    out = []
-    for lo in range(0, len(texts), batch_size):
-        out.append(model.encode_text(tokenizer(texts[lo:lo + batch_size]).to(device)).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0, model.embed_dim)
 
 
 def _model_info(model) -> dict:
