@@ -130,3 +130,15 @@ def test_missing_images_are_named_or_marked_partial(dataset, tmp_path):
                                       allow_partial=True)
     assert result["partial"] is True and result["missing"] == [gone]
     assert result["counts"]["test_images"] == 47
+
+
+def test_feature_cache_is_used_and_gives_the_same_metrics(dataset):
+    from smartclip.eval.benchmark import FeatureCache
+    model, tokenizer, preprocess = oracle(dataset)
+    cache = FeatureCache("oracle")
+    bench = SceneBenchmark(dataset)
+    first = bench.run(model, tokenizer=tokenizer, preprocess=preprocess, progress=False, feature_cache=cache)
+    misses = cache.misses
+    second = bench.run(model, tokenizer=tokenizer, preprocess=preprocess, progress=False, feature_cache=cache)
+    assert misses > 0 and cache.misses == misses and cache.hits >= misses
+    assert first["metrics"] == second["metrics"]
