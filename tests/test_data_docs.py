@@ -1,0 +1,42 @@
+"""The examples in docs/data.md run as written and print what the page says."""
+import shlex
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "data.md"
+
+
+def _blocks(lang):
+    """Fenced code blocks of ``docs/data.md`` whose fence names ``lang`` ("" = no language)."""
+    blocks, current, fence_lang = [], None, None
+    for line in DOC.read_text().splitlines(keepends=True):
+        if line.startswith("```"):
+            if current is None:
+                current, fence_lang = [], line[3:].strip()
+            else:
+                if fence_lang == lang:
+                    blocks.append("".join(current))
+                current = None
+        elif current is not None:
+            current.append(line)
+    return blocks
+
+
+def test_python_example_runs(capsys):
+    (code,) = _blocks("python")
+    exec(compile(code, str(DOC), "exec"), {"__name__": "__doc_example__"})
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "2"
+    assert out[1] == "torch.Size([2, 3, 32, 32]) torch.Size([4, 248]) [0, 0, 1, 1]"
+    assert out[-2].startswith("{'epoch': 1, 'batches_done': 2")
+    assert out[-1] == "8"
+
+
+def test_data_check_example_prints_what_the_page_says(capsys):
+    from smartclip.cli import main
+    plain = _blocks("")
+    command = next(b for b in plain if b.startswith("smartclip data check"))
+    printed = plain[plain.index(command) + 1]
+    test_python_example_runs(capsys)  # makes the files the command reads
+    args = shlex.split(command)[1:]
+    assert main(args) == 0
+    assert capsys.readouterr().out == printed
