@@ -291,8 +291,19 @@ class ClassificationBenchmark(_FileBenchmark):
         if failed and not allow_partial:
             raise IncompleteBenchmarkError(self.name, missing, counts)
         keep = [j for j in range(len(images)) if j not in failed]
-        classifier = build_classifier(model, tokenizer, data.classnames, self.templates, max(batch_size, 64), device,
-                                      progress, with_masks=self.masked)
+        def compute_classifier():
+            c = build_classifier(model, tokenizer, data.classnames, self.templates, max(batch_size, 64), device,
+                                 progress, with_masks=self.masked)
+            stacked = torch.cat([c["weights"], c["masks"]]) if self.masked else c["weights"]
+            return stacked, {"truncated": c["truncated"]}
+        # keyed without the benchmark name: ImageNet and ImageNet-V2 share one classifier
+        key = "classifier-" + _digest(["classifier", getattr(tokenizer, "context_length", None), self.masked,
+                                       *data.classnames, "|", *self.templates])
+        stacked, clf_info = feature_cache.fetch(key, compute_classifier) if feature_cache else compute_classifier()
+        n_classes = len(data.classnames)
+        classifier = {"weights": stacked[:n_classes], "truncated": clf_info["truncated"]}
+        if self.masked:
+            classifier["masks"] = stacked[n_classes:]
         metrics = classify(image_features[keep], [labels[j] for j in keep], classifier, self.ks, masked=self.masked)
         counts.update({"images": len(keep), "classes": len(data.classnames), "templates": len(self.templates),
                        "truncated_prompts": classifier["truncated"], "missing": len(missing)})

@@ -176,10 +176,20 @@ def get_benchmark(spec: str, root: Optional[str] = None, **options) -> Benchmark
 
 
 # ------------------------------------------------------------------------ factories
+def _read_templates(templates) -> Optional[List[str]]:
+    if templates is None or isinstance(templates, (list, tuple)):
+        return list(templates) if templates is not None else None
+    path = Path(templates)
+    if not path.is_file():
+        raise FileNotFoundError(f"templates file not found: {path} (one template per line, '{{}}' for the class)")
+    return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
 def _dataset_benchmark(spec: DatasetSpec, root: Path, *, expected_images: Optional[int] = -1, masked: bool = False,
-                       num_workers: int = 0, **loader_options) -> Benchmark:
+                       num_workers: int = 0, templates=None, **loader_options) -> Benchmark:
     """``expected_images``: the protocol's size by default; an int for a deliberate subset
-    (recorded in the protocol text), None to skip the size check."""
+    (recorded in the protocol text), None to skip the size check. ``templates`` (zero-shot
+    only): a list or a file of prompt templates replacing OpenAI's 80 (recorded too)."""
     if not root.exists():
         raise DatasetNotFoundError(_layout_message(spec, root, f"data root {root} does not exist"))
 
@@ -196,9 +206,16 @@ def _dataset_benchmark(spec: DatasetSpec, root: Path, *, expected_images: Option
         protocol += f" [SIZE OVERRIDDEN: expected_images={expected_images}, protocol has {spec.expected_images}]"
     if loader_options:
         protocol += f" [loader options: {loader_options}]"
-    cls = RetrievalBenchmark if spec.task == "retrieval" else ClassificationBenchmark
-    return cls(spec.name, protocol, load, root=root, expected_images=expected_images, masked=masked,
-               num_workers=num_workers)
+    if spec.task == "retrieval":
+        if templates is not None:
+            raise TypeError(f"{spec.name} is a retrieval benchmark; 'templates' applies to zero-shot ones")
+        return RetrievalBenchmark(spec.name, protocol, load, root=root, expected_images=expected_images,
+                                  masked=masked, num_workers=num_workers)
+    template_list = _read_templates(templates)
+    if template_list is not None:
+        protocol += f" [TEMPLATES OVERRIDDEN: {len(template_list)} templates instead of OpenAI's 80]"
+    return ClassificationBenchmark(spec.name, protocol, load, root=root, expected_images=expected_images,
+                                   masked=masked, num_workers=num_workers, templates=template_list)
 
 
 def _layout_message(spec: DatasetSpec, root: Path, problem: str) -> str:
@@ -217,9 +234,7 @@ def _retrieval_csv(path: str, *, masked: bool = False, num_workers: int = 0) -> 
 def _class_folders(path: str, *, classnames: Optional[str] = None, templates: Optional[str] = None,
                    masked: bool = False, num_workers: int = 0) -> Benchmark:
     p = Path(path).expanduser()
-    template_list = None
-    if templates:
-        template_list = [ln.strip() for ln in Path(templates).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    template_list = _read_templates(templates)
     source = "class names from " + (classnames or "classnames.txt if present, else folder names")
     zero_shot = ZERO_SHOT if not templates else ZERO_SHOT.replace("OpenAI's 80 ImageNet templates",
                                                                   f"{len(template_list)} templates from {templates}")

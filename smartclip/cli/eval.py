@@ -1,0 +1,125 @@
+"""``smartclip eval``: evaluate a model on registered benchmarks, list them, or compare runs.
+
+    smartclip eval --list
+    smartclip eval --model ViT-B-16:openai --benchmarks coco urban1k --data-root /data --out runs/eval
+    smartclip eval --compare runs/a/eval_<hash>.json runs/b/eval_<hash>.json
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import yaml
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="checkpoint path (ours or a released .pt) or model name[:pretrained tag]")
+    parser.add_argument("--benchmarks", "-b", nargs="+", metavar="SPEC",
+                        help="benchmark specs: a name (see --list), NAME:ROOT, retrieval:CSV, classification:DIR, "
+                             "scenes:DIR")
+    parser.add_argument("--data-root", default=None,
+                        help="folder holding each dataset in its default sub-folder (default: $SMARTCLIP_DATA)")
+    parser.add_argument("--out", default=None, help="folder for eval_<hash>.json and eval_<hash>.md")
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=min(8, max(0, (os.cpu_count() or 1) - 1)),
+                        help="image-loading processes")
+    parser.add_argument("--cache-dir", default=None, help="keep encoded features here, keyed by weights hash")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="score benchmarks with missing images or captions (results marked partial)")
+    parser.add_argument("--masked", action="store_true", help="rank with masked scores (SPEC 5) instead of cosine")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="SPEC.KEY=VALUE",
+                        help="a benchmark option, e.g. coco.expected_images=100 or "
+                             "classification:/d.classnames=/d/names.txt (value parsed as YAML)")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--list", action="store_true", help="list benchmarks with their protocols and data layout")
+    parser.add_argument("--compare", nargs="+", metavar="RESULTS_JSON", help="side-by-side table of results files")
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except Exception:  # pragma: no cover
+        return False
+
+
+def _parse_settings(settings, specs) -> dict:
+    options: dict = {}
+    for item in settings:
+        key, eq, value = item.partition("=")
+        spec, dot, name = key.rpartition(".")
+        if not eq or not dot or not spec or not name:
+            raise ValueError(f"--set {item!r}: expected SPEC.KEY=VALUE, e.g. coco.expected_images=100")
+        if spec not in specs:
+            raise ValueError(f"--set {item!r}: {spec!r} is not one of the benchmarks run ({', '.join(specs)})")
+        options.setdefault(spec, {})[name] = yaml.safe_load(value)
+    return options
+
+
+def _list() -> int:
+    from smartclip.eval import PAPER_BENCHMARKS, describe_benchmarks
+    from smartclip.eval.registry import DATA_ROOT_ENV
+    paper = {s.name: s for s in PAPER_BENCHMARKS}
+    for info in describe_benchmarks():
+        shown = f"{info.name}:{'PATH' if info.name == 'retrieval' else 'DIR'}" if info.prefix else info.name
+        print(shown)
+        print(f"    protocol: {info.description}")
+        if info.name in paper:
+            s = paper[info.name]
+            print(f"    data:     ${s.env} or ${DATA_ROOT_ENV}/{s.folder} or {s.name}:PATH")
+            print(f"    layout:   {s.layout}")
+            print(f"    source:   {s.source}")
+    return 0
+
+
+def _compare(paths) -> int:
+    from smartclip.eval import compare_table, read_results
+    runs = [read_results(p) for p in paths]
+    labels = [f"{r['model']}@{r['checkpoint_hash'][:8]}" for r in runs]
+    if len(set(labels)) < len(labels):
+        labels = [os.path.basename(os.path.dirname(os.path.abspath(p))) + "/" + os.path.basename(p) for p in paths]
+    print(compare_table(runs, labels))
+    return 0
+
+
+def run(args) -> int:
+    if args.list:
+        return _list()
+    if args.compare:
+        try:
+            return _compare(args.compare)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    if not args.model or not args.benchmarks:
+        print("error: --model and --benchmarks are required (or use --list / --compare)", file=sys.stderr)
+        return 2
+    import smartclip
+    from smartclip.eval import (DatasetFormatError, DatasetNotFoundError, IncompleteBenchmarkError, evaluate,
+                                markdown_table)
+    from smartclip.eval.runner import run_record
+    try:
+        options = _parse_settings(args.settings, args.benchmarks)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.masked:
+        for spec in args.benchmarks:
+            options.setdefault(spec, {})["masked"] = True
+    model, _, _ = smartclip.load(args.model, device=args.device, precision=args.precision)
+    try:
+        results = evaluate(
+            model, args.benchmarks, root=args.data_root, device=args.device, batch_size=args.batch_size,
+            out_dir=args.out, allow_partial=args.allow_partial, progress=not args.no_progress,
+            cache_dir=args.cache_dir, options=options, model_label=args.model, num_workers=args.workers)
+    except (DatasetNotFoundError, DatasetFormatError, IncompleteBenchmarkError, KeyError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    record = run_record(model, results, smartclip.state_dict_hash(model), args.model, args.device)
+    print(markdown_table(record))
+    if args.out:
+        print(f"\nwrote {os.path.join(args.out, 'eval_' + record['checkpoint_hash'])}.json / .md")
+    return 0
