@@ -417,3 +417,21 @@ def test_registry_lists_paper_benchmarks_and_scenes_is_lazy(tmp_path, monkeypatc
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     register_benchmark("toy", lambda root, **o: ("toy", root, o), "a toy", folder="toys")
     assert get_benchmark("toy", root=str(tmp_path), k=1) == ("toy", tmp_path / "toys", {"k": 1})
+
+
+def test_masked_scoring_through_the_runner(data_root, micro_model):
+    root, expected = data_root
+    paths, captions, t2i = expected["urban1k"]
+    res = evaluate(micro_model, ["urban1k"], root=str(root), progress=False,
+                   options={"urban1k": {"expected_images": 4, "masked": True}})["urban1k"]
+    assert "masked scoring" in res["protocol"]
+    tok, pre = smartclip.get_tokenizer(micro_model), smartclip.image_transform(micro_model)
+    with torch.no_grad():
+        masks = micro_model.text_mask(tok(captions), soft=False)
+    direct = retrieval_recall(encode_images(micro_model, pre, paths), encode_texts(micro_model, tok, captions), t2i,
+                              text_masks=masks)
+    assert res["metrics"] == pytest.approx(direct)
+    micro_model.mask_trained = False  # a plain CLIP's mask network means nothing: refused
+    with pytest.raises(ValueError, match="mask network was trained"):
+        evaluate(micro_model, ["urban1k"], root=str(root), progress=False,
+                 options={"urban1k": {"expected_images": 4, "masked": True}})

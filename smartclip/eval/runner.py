@@ -60,7 +60,7 @@ def evaluate(model, specs: Sequence[str], *, root=None, device="cpu", batch_size
     benches = {}
     for spec in specs:
         opts = dict(options.get(spec, {}))
-        if not spec.startswith("scenes:"):
+        if num_workers and not spec.startswith("scenes:"):  # our file benchmarks take it
             opts.setdefault("num_workers", num_workers)
         benches[spec] = get_benchmark(spec, root=root, **opts)
     checkpoint_hash = smartclip.state_dict_hash(model)
