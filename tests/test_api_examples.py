@@ -1,0 +1,83 @@
+"""The "use" tour (docs/usage.md between <!-- tour --> and <!-- /tour -->, also pasted in the
+README) runs as written: its Python blocks in one namespace, its shell lines through the
+``smartclip`` CLI in-process, in a folder with sample photos and captions."""
+import re
+import shlex
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import smartclip.serve
+import smartclip.serve.server as serve_server
+from smartclip.cli import main as cli
+from conftest import real_images
+
+ROOT = Path(__file__).resolve().parents[1]
+TOUR = re.compile(r"<!-- tour -->\n(.*?)<!-- /tour -->", re.S)
+BLOCK = re.compile(r"```(python|bash)\n(.*?)```", re.S)
+
+
+def tour_blocks(path: Path):
+    match = TOUR.search(path.read_text())
+    assert match, f"{path} has no <!-- tour --> ... <!-- /tour --> section"
+    return match.group(1), BLOCK.findall(match.group(1))
+
+
+def test_readme_tour_is_the_tested_one():
+    readme = ROOT / "README.md"
+    if not readme.exists() or "<!-- tour -->" not in readme.read_text():
+        pytest.skip("README.md has no tour section yet")
+    readme_blocks = tour_blocks(readme)[1]
+    assert readme_blocks == tour_blocks(ROOT / "docs" / "usage.md")[1]
+
+
+def _serve_once(checks):
+    """Replaces the blocking ``serve``: starts the real server on a free loopback port, runs a
+    query through it, and stops."""
+    def serve(app, host="127.0.0.1", port=8000):
+        server = serve_server.make_server(app, host, 0)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            url = f"http://127.0.0.1:{server.server_address[1]}"
+            with urllib.request.urlopen(url + "/api/search?q=a%20dog&k=2", timeout=30) as r:
+                checks.append(r.read().decode())
+        finally:
+            server.shutdown()
+            server.server_close()
+    return serve
+
+
+def test_tour_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    pictures = real_images(6, 80)
+    for name, im in zip(["cat", "dog", "rocket", "coffee", "astronaut", "stars"], pictures):
+        im.convert("RGB").save(tmp_path / "photos" / f"{name}.jpg")
+    (tmp_path / "captions.txt").write_text("a cat asleep on a red sofa\na dog catching a frisbee in the park\n")
+    served = []
+    monkeypatch.setattr(smartclip.serve, "serve", _serve_once(served))  # what `smartclip serve` calls
+
+    _, blocks = tour_blocks(ROOT / "docs" / "usage.md")
+    assert [kind for kind, _ in blocks] == ["python", "bash", "python"]
+    namespace = {"__name__": "__tour__"}
+    for i, (kind, code) in enumerate(blocks):
+        if kind == "python":
+            exec(compile(code, f"usage.md tour block {i}", "exec"), namespace)
+            continue
+        for line in code.strip().splitlines():
+            argv = shlex.split(line, comments=True)
+            assert argv[0] == "smartclip", line
+            assert cli(argv[1:]) == 0, line
+
+    out = capsys.readouterr().out
+    assert "dimensions selected:" in out
+    assert "smartclip-tiny: embed 64" in out and "ViT-B-16: embed 512" in out
+    assert "embeddings/photos: 6 images x 64 dims" in out and "embeddings/captions: 2 texts x 64 dims" in out
+    assert "photo-index: 6 images indexed" in out
+    assert re.search(r"  1  \+1\.0000  .*photos/dog\.jpg", out)  # the image query finds itself first
+    assert "1 & 2: " in out and (tmp_path / "masks.png").exists()
+    assert (tmp_path / "my-model-hf" / "config.json").exists()
+    assert '"hits"' in served[0] and len(served) == 1
+    assert "torch.Size([1, 64])" in out  # the transformers text embedding
