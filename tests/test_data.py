@@ -154,6 +154,12 @@ def test_source_syntax_and_validation(tmp_path):
         DataConfig(train=csv_path, caption_mode="full", captions_per_image=2).validate()
     with pytest.raises(ValueError, match=r"shard\(s\) of .* do not exist"):
         parse_sources(str(tmp_path / "s" / "{000..003}.tar"))
+    from data_fixtures import make_wds_shards
+    pattern = make_wds_shards(tmp_path / "w", 6, per_shard=2)
+    (by_pattern,) = parse_sources(pattern)
+    (by_folder,) = parse_sources(str(tmp_path / "w" / "shards"))
+    assert by_pattern.kind == by_folder.kind == "wds" and by_pattern.files == by_folder.files
+    assert [f.rsplit("/", 1)[1] for f in by_folder.files] == ["000000.tar", "000001.tar", "000002.tar"]
 
 
 # ---------------------------------------------------------------- check: every kind, every format

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import smartclip
-from data_fixtures import (caption_for, make_bad_csv_dataset, make_bad_wds_shards, make_csv_dataset,
+from data_fixtures import (caption_for, make_bad_csv_dataset, make_bad_sharegpt4v_dataset, make_bad_wds_shards, make_csv_dataset,
                            make_sharegpt4v_dataset, make_wds_shards, write_bad_inputs)
 from smartclip.data import DataConfig, DataError, build_train_data
 
@@ -179,15 +179,17 @@ def test_sharegpt4v_held_out_records_never_trained_on(micro, tmp_path, monkeypat
     assert sorted(epoch_ids(data)) == list(range(12))
 
 
-@pytest.mark.parametrize("source", ["csv", "wds"])
+@pytest.mark.parametrize("source", ["csv", "sharegpt4v", "wds"])
 def test_bad_input_during_training_counted_exactly(micro, tmp_path, source, caplog):
-    if source == "csv":
-        path, expected = make_bad_csv_dataset(tmp_path)
+    if source in ("csv", "sharegpt4v"):
+        maker = make_bad_csv_dataset if source == "csv" else make_bad_sharegpt4v_dataset
+        path, expected = maker(tmp_path)
         batch_size = 4  # 16 records left after the scan: 13 good + 3 that fail to decode
     else:
         path, expected = make_bad_wds_shards(tmp_path)
         batch_size = 7  # 21 complete samples
-    data = build(micro, batch_size=batch_size, train=path, caption_mode="full", max_bad_fraction=1.0)
+    data = build(micro, batch_size=batch_size, train=path, caption_mode="full", max_bad_fraction=1.0,
+                 exclude_sharegpt4v_eval=False)
     texts = []
     with caplog.at_level("INFO", logger="smartclip.data"):
         for batch in data:
