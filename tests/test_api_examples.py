@@ -49,6 +49,7 @@ def _serve_once(checks):
     return serve
 
 
+@pytest.mark.slow
 def test_tour_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "photos").mkdir()
@@ -81,3 +82,18 @@ def test_tour_runs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "my-model-hf" / "config.json").exists()
     assert '"hits"' in served[0] and len(served) == 1
     assert "torch.Size([1, 64])" in out  # the transformers text embedding
+
+
+def test_models_command(capsys):
+    import json
+    assert cli(["models"]) == 0
+    names = capsys.readouterr().out.split()
+    assert names[:3] == ["smartclip-micro", "smartclip-small", "smartclip-tiny"] and "ViT-L-14" in names
+    assert cli(["models", "smartclip-micro", "ViT-L-14", "--json"]) == 0
+    micro, large = json.loads(capsys.readouterr().out)
+    assert (micro["embed_dim"], micro["context_length"], micro["image_size"]) == (32, 248, [32, 32])
+    assert large["text_tower"] == {"width": 768, "layers": 12, "heads": 12}
+    assert 400e6 < large["parameters"]["total"] < 440e6  # ViT-L/14 CLIP is about 428 M
+    assert large["parameters"]["total"] == sum(large["parameters"][k] for k in ("image", "text", "mask_network"))
+    assert cli(["models", "ViT-B-61"]) == 2
+    assert "Did you mean" in capsys.readouterr().err

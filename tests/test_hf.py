@@ -122,3 +122,16 @@ def test_unsupported_architecture_is_named(tmp_path):
     with pytest.raises(HFExportError, match="layer scale"):
         export_hf(model, tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_export_command(tmp_path, capsys):
+    from smartclip.cli import main as cli
+    torch.manual_seed(0)
+    ckpt = smartclip.save_checkpoint(smartclip.create_model("smartclip-micro"), tmp_path / "ckpt")
+    assert cli(["export", str(ckpt), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    assert "CLIPModel.from_pretrained" in capsys.readouterr().out
+    assert transformers.CLIPConfig.from_pretrained(str(tmp_path / "hf")).text_config.max_position_embeddings == 248
+    assert cli(["export", str(ckpt), "--format", "open_clip", "--out", str(tmp_path / "oc")]) == 0
+    assert (tmp_path / "oc" / "open_clip_model.safetensors").exists()
+    assert cli(["export", str(tmp_path / "missing"), "--format", "hf", "--out", str(tmp_path / "x")]) == 2
+    assert "error:" in capsys.readouterr().err and not (tmp_path / "x").exists()
