@@ -17,6 +17,10 @@ in this one process (num_workers=0, i.e. the work of one DataLoader worker):
 Preprocessing is ViT-B/16's (224 px). Reported: median images/s over ``--repeats`` and the
 ratio to the baseline measured in the same run (the machine is shared; ratios are what
 carry over). ``--workers N`` adds a run of the CSV loader with N worker processes.
+
+    .venv/bin/python benchmarks/bench_data.py --scan-records 200000
+
+times the up-front scan of a ShareGPT4V json instead (records are read once per rank at start).
 """
 from __future__ import annotations
 
@@ -93,6 +97,34 @@ def time_loader(train, preprocess, tokenizer, batch_size, workers):
     return n / (time.perf_counter() - start)
 
 
+def bench_scan(records: int):
+    """Time the up-front scan of a synthetic ShareGPT4V json (captions ~800 characters) in a
+    fresh process, and its peak memory growth."""
+    import json
+    import subprocess
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "sharegpt4v.json")
+        caption = "The image shows a busy street with many people walking.\n" * 14
+        with open(path, "w") as f:
+            json.dump([{"id": str(i), "image": f"coco/train2017/{i:012d}.jpg",
+                        "conversations": [{"from": "human", "value": "<image>\nDescribe the image."},
+                                          {"from": "gpt", "value": f"{caption}Record {i}."}]}
+                       for i in range(records)], f)
+        code = ("import resource, time\n"
+                "from smartclip.data.readers import scan_sharegpt4v\n"
+                "from smartclip.data.records import RecordTable\n"
+                "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+                "t = time.perf_counter()\n"
+                f"good, bad = scan_sharegpt4v({path!r}, check_files=False)\n"
+                f"table = RecordTable({path!r}, good)\n"
+                "dt = time.perf_counter() - t\n"
+                "peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0) / 1024\n"
+                "size = (table.captions.buffer.nbytes + table.images.buffer.nbytes) / 2**20\n"
+                "print(f'{len(table)} records: {dt:.1f} s, peak memory growth {peak:.0f} MiB, table {size:.0f} MiB')\n")
+        print(f"ShareGPT4V json of {records} records, {os.path.getsize(path) / 2**20:.0f} MiB (check_files=False):")
+        subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=384)
@@ -100,7 +132,11 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=0, help="also time the CSV loader with this many workers")
     ap.add_argument("--model", default="ViT-B-16")
+    ap.add_argument("--scan-records", type=int, default=0,
+                    help="instead, time the up-front scan of a synthetic ShareGPT4V json of this many records")
     args = ap.parse_args(argv)
+    if args.scan_records:
+        return bench_scan(args.scan_records)
     import torch
     import smartclip
     torch.set_num_threads(1)

@@ -132,7 +132,7 @@ def scan_sharegpt4v(json_path: str, image_roots=None, *, check_files: bool = Tru
     default_root = os.path.dirname(os.path.abspath(json_path))
     good, bad = [], []
     for n in range(start, len(data)):
-        rec = data[n]
+        rec, data[n] = data[n], None  # release each parsed record as we go (1.2M records)
         where = f"{json_path} record {n}"
         if not isinstance(rec, dict):
             bad.append(("missing_field", where, f"record is {type(rec).__name__}, expected an object"))
