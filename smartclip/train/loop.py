@@ -78,7 +78,12 @@ def _setup_distributed(train_cfg) -> tuple[WorldInfo, bool]:
     backend = "nccl" if use_cuda else "gloo"
     if use_cuda:
         torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
-    dist.init_process_group(backend, rank=env.rank, world_size=env.world_size)
+    from torch.distributed.rendezvous import rendezvous
+    store, _, _ = next(rendezvous("env://", env.rank, env.world_size))
+    # torchrun keeps one key-value store across restarts: a fresh prefix per attempt stops a
+    # restarted rank from reading its peers' addresses from the attempt that died
+    store = dist.PrefixStore(f"smartclip/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    dist.init_process_group(backend, store=store, rank=env.rank, world_size=env.world_size)
     return WorldInfo(env.rank, env.world_size, env.local_rank), True
 
 
@@ -189,9 +194,11 @@ def _train(cfg: TrainConfig, world: WorldInfo, on_step) -> TrainResult:
     forward_module = model
     if world.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
-        forward_module = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False)  # the only buffers are the frozen positional table and masks
+        with warnings.catch_warnings():  # newer torch renames broadcast_buffers; the meaning is the same
+            warnings.simplefilter("ignore", FutureWarning)
+            # the only buffers are constant (the frozen positional table, the causal mask)
+            forward_module = DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
     scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None

@@ -1,0 +1,105 @@
+"""Several processes (gloo on CPU) train exactly like one process with their combined batch,
+and torchrun restarts a killed rank from the latest checkpoint."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from smartclip.checkpoint import read_weights
+from smartclip.train import load_config, read_metrics, train
+from test_train_utils import assert_same_weights, tiny_config
+
+pytestmark = pytest.mark.slow
+STEPS = 4
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _overrides(objective: str, run_dir, *extra):
+    return [f"objective={objective}", f"train.steps={STEPS}", "checkpoint.every_steps=2", f"run_dir={run_dir}", *extra]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from data_fixtures import make_csv_dataset
+    return make_csv_dataset(tmp_path_factory.mktemp("ddp_data"), 16)
+
+
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory, dataset):
+    """Final weights of one process with the whole global batch of 8, per objective."""
+    assert not any(v in os.environ for v in LAUNCH_VARS)
+    out = {}
+    for objective in ("smartclip", "clip"):
+        tmp = tmp_path_factory.mktemp(f"single_{objective}")
+        result = train(tiny_config(tmp, dataset, *_overrides(objective, tmp / "run")))
+        out[objective] = read_weights(result.checkpoint)[0]
+    return out
+
+
+def _worker(rank: int, world: int, port: int, csv: str, tmp: str, objective: str, extra: list):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    cfg = tiny_config(Path(tmp), csv, *_overrides(objective, Path(tmp) / "run", *extra))
+    train(cfg)
+
+
+@pytest.mark.parametrize("objective, extra", [
+    ("clip", []),
+    ("smartclip", ["train.micro_batch=2"]),  # also gradient caching under DDP (no_sync, then sync)
+])
+def test_two_processes_match_one_process_with_the_combined_batch(tmp_path, dataset, single_process, objective, extra):
+    mp.spawn(_worker, args=(2, _free_port(), dataset, str(tmp_path), objective, extra), nprocs=2, join=True)
+    final = tmp_path / "run" / "checkpoints" / f"step_{STEPS:08d}"
+    assert sorted(p.name for p in final.glob("rank_*.pt")) == ["rank_0.pt", "rank_1.pt"]
+    start = read_metrics(tmp_path / "run" / "metrics.jsonl", "event")[0]
+    assert start["world_size"] == 2 and start["local_batch"] == 4
+    assert_same_weights(read_weights(final)[0], single_process[objective], atol=1e-5)
+
+
+_DRIVER = """
+import os, signal, sys, torch
+from smartclip.train import load_config, train
+torch.set_num_threads(1)
+
+def die_once(info):  # rank 1 is killed at step 3 of the first attempt only
+    if info.step == 3 and os.environ["RANK"] == "1" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+train(load_config(None, sys.argv[1:]), on_step=die_once)
+"""
+
+
+def test_torchrun_restarts_a_killed_rank_from_the_latest_checkpoint(tmp_path, dataset, single_process):
+    driver = tmp_path / "driver.py"
+    driver.write_text(_DRIVER)
+    cfg = tiny_config(tmp_path, dataset, *_overrides("smartclip", tmp_path / "run"))
+    overrides = [f"data.train={dataset}", "data.num_workers=0", "model.name=smartclip-micro", "train.global_batch=8",
+                 "train.progress=false", "train.plots=false", "train.tensorboard=false",
+                 f"optim.clip.lr={cfg.optim.clip.lr}", "optim.clip.warmup_steps=0",
+                 *_overrides("smartclip", tmp_path / "run")]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "--max-restarts", "1",
+                           str(driver), *overrides], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = read_metrics(tmp_path / "run" / "metrics.jsonl", "event")
+    resumes = [e for e in events if e["event"] == "resume"]
+    assert len(resumes) == 1 and resumes[0]["step"] == 2, events
+    steps = [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl", "train")]
+    assert steps == list(range(1, STEPS + 1))  # the lost step 3 was redone, and logged once
+    final = tmp_path / "run" / "checkpoints" / f"step_{STEPS:08d}"
+    assert_same_weights(read_weights(final)[0], single_process["smartclip"], atol=1e-5)
