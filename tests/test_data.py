@@ -49,6 +49,9 @@ def test_alpha_is_composited_on_white_and_16bit_gray_scaled(tmp_path):
     out = np.asarray(load_image(tmp_path / "g16.png", repairs=repairs))
     assert repairs == ["converted_grayscale"]
     assert out[0, 0, 0] == 0 and out[1, 1, 0] == 255 and 0 < out[0, 1, 0] < out[1, 0, 0] < 255
+    Image.new("RGB", (4, 4), (200, 30, 60)).convert("LAB").save(tmp_path / "lab.tif")
+    repairs = []
+    assert load_image(tmp_path / "lab.tif", repairs=repairs).mode == "RGB" and repairs == ["converted_other"]
 
 
 def test_pixel_limit_guard_uses_header_only(tmp_path):

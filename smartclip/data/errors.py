@@ -27,6 +27,7 @@ REPAIRED_KINDS = (
     "converted_cmyk",       # CMYK -> RGB
     "converted_palette",    # P images -> RGB
     "converted_alpha",      # RGBA / LA / PA -> composited on white, RGB
+    "converted_other",      # YCbCr / LAB / HSV / RGBX ... -> RGB
     "truncated_caption",    # caption longer than the context; tokens cut, end-of-text kept last
 )
 ALL_KINDS = SKIPPED_KINDS + REPAIRED_KINDS

@@ -34,8 +34,10 @@ def _to_rgb(img: Image.Image, repairs: Optional[List[str]]) -> Image.Image:
         img = img.convert("RGBA")
     elif mode == "CMYK":
         kind = "converted_cmyk"
-    else:  # L, 1, I, I;16, F, YCbCr, LAB, HSV ...
-        kind = "converted_grayscale" if mode in ("L", "1", "I", "F") or mode.startswith("I;") else None
+    elif mode in ("L", "1", "I", "F") or mode.startswith("I;"):
+        kind = "converted_grayscale"
+    else:  # YCbCr, LAB, HSV, RGBX ...
+        kind = "converted_other"
     if img.mode == "RGBA":
         # Composite on white: transparent pixels would otherwise keep arbitrary colour values.
         background = Image.new("RGB", img.size, _WHITE)
@@ -50,7 +52,7 @@ def _to_rgb(img: Image.Image, repairs: Optional[List[str]]) -> Image.Image:
         img = Image.fromarray(arr.astype("uint8"), "L").convert("RGB")
     else:
         img = img.convert("RGB")
-    if kind and repairs is not None:
+    if repairs is not None:
         repairs.append(kind)
     return img
 
@@ -60,9 +62,9 @@ def load_image(source: Union[str, os.PathLike, bytes], *, name: Optional[str] = 
     """Decode an image file (a path, or the bytes of one with ``name`` for messages) to RGB.
 
     Raises ``BadImage(kind, path, detail)`` with ``kind`` in ``missing_file``, ``empty_file``,
-    ``not_an_image``, ``truncated_image``, ``decompression_bomb``. Grayscale, CMYK, palette and
-    alpha images are converted to RGB (alpha composited on white); each conversion appends its
-    kind (``converted_*``) to ``repairs`` when a list is given.
+    ``not_an_image``, ``truncated_image``, ``decompression_bomb``. Grayscale, CMYK, palette,
+    alpha and other modes (YCbCr, LAB...) are converted to RGB (alpha composited on white);
+    each conversion appends its kind (``converted_*``) to ``repairs`` when a list is given.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         where = name or "<bytes>"
