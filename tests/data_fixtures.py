@@ -15,13 +15,13 @@ import csv
 import functools
 import io
 import json
-import os
 import struct
 import tarfile
 import zlib
 from pathlib import Path
 from typing import Dict, List
 
+import numpy as np
 from PIL import Image
 
 from conftest import real_images
@@ -48,7 +48,7 @@ def image_for(i: int) -> Image.Image:
     imgs = _base_images()
     base = imgs[i % len(imgs)]
     # Distinct pixels for every index: shift the image and stamp the index into a corner.
-    img = Image.fromarray(__import__("numpy").roll(__import__("numpy").asarray(base), i, axis=1))
+    img = Image.fromarray(np.roll(np.asarray(base), i, axis=1))
     img.putpixel((0, 0), (i % 256, (i // 256) % 256, 7))
     return img
 

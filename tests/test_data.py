@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_fixtures import (LONG_CAPTION, caption_for, make_bad_csv_dataset, make_bad_sharegpt4v_dataset,
+from data_fixtures import (caption_for, make_bad_csv_dataset, make_bad_sharegpt4v_dataset,
                            make_bad_wds_shards, make_csv_dataset, make_sharegpt4v_dataset, png_bomb_bytes,
                            write_bad_inputs)
 from smartclip.data import (BadCaption, BadImage, DataConfig, DataError, clean_caption, load_image,

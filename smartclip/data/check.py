@@ -11,10 +11,10 @@ import multiprocessing as mp
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from .config import DataConfig
-from .errors import ALL_KINDS, REPAIRED_KINDS, SKIPPED_KINDS, BadCaption, BadImage, DataError
+from .errors import ALL_KINDS, REPAIRED_KINDS, SKIPPED_KINDS, BadCaption, BadImage
 from .images import load_image
 from .shards import IMAGE_EXTENSIONS, iter_shard, scan_shard, shard_caption
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable
 
 log = logging.getLogger("smartclip.data")
 

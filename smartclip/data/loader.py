@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, Tuple
 
 from .config import DataConfig, SourceSpec
 from .errors import BadInputStats, DataError
