@@ -44,7 +44,8 @@ def _run(model, objective, images, tokens, image_index, micro_batch, steps=2, sc
 
 # the modular loss with two captions per image (repeated images in the batch), and InfoNCE with a
 # learned temperature (an extra cached gradient); both objectives' fixed-scale paths are a subset
-@pytest.mark.parametrize("objective, scale, captions", [("smartclip", 100.0, 2), ("clip", None, 1)])
+@pytest.mark.parametrize("objective, scale, captions", [
+    pytest.param("smartclip", 100.0, 2, marks=pytest.mark.slow), ("clip", None, 1)])
 def test_gradient_caching_matches_the_full_batch(batch, objective, scale, captions):
     model, images, tokens, tokens_rev = batch
     image_index = torch.arange(B)

@@ -394,7 +394,7 @@ def _parse_override(item: str):
     if not key:
         raise ConfigError(f"override {item!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.safe_load(raw) if raw.strip() else ""  # `key=` is the empty string; `key=null` is None
     except yaml.YAMLError:
         value = raw
     return key, value

@@ -1,0 +1,115 @@
+"""Run directory, checkpoints, exact resume after SIGKILL, and the non-finite-loss stop."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import smartclip
+from smartclip.checkpoint import read_weights
+from smartclip.cli import main as cli_main
+from smartclip.train import (ConfigError, TrainingStopped, dump_config, list_checkpoints, load_config, read_metrics,
+                             train)
+from test_train_utils import tiny_config
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from data_fixtures import make_csv_dataset
+    return make_csv_dataset(tmp_path_factory.mktemp("resume_data"), 16)
+
+
+def test_cli_run_writes_the_documented_run_directory(tmp_path, dataset):
+    run = tmp_path / "run"
+    code = cli_main(["train", str(CONFIGS / "tiny.yaml"), f"data.train={dataset}", "data.num_workers=0",
+                     "model.name=smartclip-micro", "train.global_batch=8", "train.steps=3", "train.log_every=1",
+                     "train.progress=false", "checkpoint.every_steps=1", "checkpoint.keep_last=2", f"run_dir={run}"])
+    assert code == 0
+    # the resolved config reloads to the same values
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["train"]["steps"] == 3 and saved["model"]["name"] == "smartclip-micro"
+    assert load_config(run / "config.yaml").train.global_batch == 8
+    # only the last two checkpoints are kept, no temporary directory is left behind
+    assert [p.name for p in list_checkpoints(run)] == ["step_00000002", "step_00000003"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000002", "step_00000003"]
+    model, _, _ = smartclip.load(str(run / "checkpoints" / "step_00000003"))
+    assert model.model_name == "smartclip-micro"
+    # metrics: one record per step with the loss terms, mask statistics and throughput
+    records = read_metrics(run / "metrics.jsonl", "train")
+    assert [r["step"] for r in records] == [1, 2, 3]
+    for key in ("loss", "sidm", "dism", "sparsity", "mask_active_mean", "mask_active_min", "mask_active_max",
+                "lr_clip", "lr_mask", "samples_per_s", "steps_per_s"):
+        assert all(key in r for r in records), key
+    assert any((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert {p.name for p in (run / "plots").glob("*.png")} >= {"loss.png", "mask.png", "lr.png"}
+    end = [e for e in read_metrics(run / "metrics.jsonl", "event") if e["event"] == "end"][0]
+    assert end["data"]["records_read"] == 24
+    # starting again in the same run_dir without resume=latest would mix two runs
+    with pytest.raises(ConfigError, match="already holds checkpoints; pass resume=latest"):
+        train(load_config(run / "config.yaml"))
+
+
+def test_nonfinite_losses_are_skipped_then_stop_the_run_with_a_checkpoint(tmp_path, dataset):
+    cfg = tiny_config(tmp_path, dataset, "train.steps=6", "train.nonfinite_limit=2", "checkpoint.every_steps=0")
+
+    def poison(info):  # from step 2 on every forward pass is NaN
+        if info.step == 1:
+            with torch.no_grad():
+                info.model.visual.conv1.weight.fill_(float("nan"))
+
+    with pytest.raises(TrainingStopped, match=r"stopped at step 3: 2 non-finite losses in a row "
+                                              r"\(train.nonfinite_limit=2\)") as err:
+        train(cfg, on_step=poison)
+    assert err.value.checkpoint == tmp_path / "run" / "checkpoints" / "step_00000003"
+    events = [e for e in read_metrics(tmp_path / "run" / "metrics.jsonl", "event") if e["event"] == "nonfinite_loss"]
+    assert [(e["step"], e["in_row"]) for e in events] == [(2, 1), (3, 2)]
+    weights = read_weights(err.value.checkpoint)[0]
+    assert torch.isfinite(weights["transformer.resblocks.0.mlp.c_fc.weight"]).all()  # no NaN update applied
+
+
+_DRIVER = """
+import os, signal, sys, torch
+from smartclip.train import load_config, train
+torch.set_num_threads(int(sys.argv[1]))
+
+def die(info):
+    if info.step == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+train(load_config(sys.argv[2]), on_step=die)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_latest_ends_identical_to_an_uninterrupted_run(tmp_path, dataset):
+    # gradient caching and two captions per image: every piece of state a resume must restore
+    overrides = ["train.steps=5", "checkpoint.every_steps=2", "data.captions_per_image=2", "train.micro_batch=4"]
+    whole = train(tiny_config(tmp_path / "a", dataset, *overrides))
+
+    killed = tiny_config(tmp_path / "b", dataset, *overrides)
+    driver = tmp_path / "driver.py"
+    driver.write_text(_DRIVER)
+    dump_config(killed, tmp_path / "killed.yaml")
+    proc = subprocess.run([sys.executable, str(driver), str(torch.get_num_threads()), str(tmp_path / "killed.yaml")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    run_b = tmp_path / "b" / "run"
+    assert [p.name for p in list_checkpoints(run_b)] == ["step_00000002"]
+    assert max(r["step"] for r in read_metrics(run_b / "metrics.jsonl", "train")) == 3
+
+    resumed = train(tiny_config(tmp_path / "b", dataset, *overrides, "resume=latest"))
+    assert resumed.steps == 5
+    a, b = read_weights(whole.checkpoint)[0], read_weights(resumed.checkpoint)[0]
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+    assert any(not torch.equal(a[k], read_weights(run_b / "checkpoints" / "step_00000002")[0][k]) for k in a)
+    # the log is that of one run: steps 1..5 once each, the lost step 3 redone
+    assert [r["step"] for r in read_metrics(run_b / "metrics.jsonl", "train")] == [1, 2, 3, 4, 5]
+    assert [r["loss"] for r in read_metrics(run_b / "metrics.jsonl", "train")] == \
+        pytest.approx([r["loss"] for r in read_metrics(whole.run_dir / "metrics.jsonl", "train")], rel=0, abs=0)
