@@ -208,3 +208,21 @@ def test_cli_encode_build_query(setup, tmp_path, capsys):
     assert "was built with model" in capsys.readouterr().err
     assert cli(["search", "query", "--index", str(tmp_path / "nope"), "--text", "x"]) == 2
     assert "not an index" in capsys.readouterr().err
+
+
+def test_unfinished_run_of_another_model_is_not_mixed_in(setup, tmp_path):
+    s = setup
+    source = search.list_images(s["images"])
+
+    def stop(shard):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        search.encode_image_source(s["model"], s["preprocess"], source, tmp_path / "out", shard_size=4, on_shard=stop)
+    torch.manual_seed(7)
+    other = smartclip.create_model("smartclip-micro").eval()
+    with pytest.raises(search.EncodingError, match="unfinished run of another input or model"):
+        search.encode_image_source(other, s["preprocess"], source, tmp_path / "out", shard_size=4)
+    es = search.encode_image_source(other, s["preprocess"], source, tmp_path / "out", shard_size=4, restart=True)
+    assert es.meta["model_hash"] == smartclip.state_dict_hash(other) and len(es.ids) == N_IMAGES
+    assert not (tmp_path / "out" / ".partial").exists()

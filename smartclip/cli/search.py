@@ -27,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser):
     query.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     query.add_argument("--masked", action="store_true",
                        help="rank by masked scores: only the dimensions the text query's mask selects (SPEC 5)")
-    query.add_argument("--backend", default="auto", choices=["auto", "exact", "faiss", "faiss-hnsw"],
-                       help="auto: exact below 100k images, FAISS above when installed")
+    query.add_argument("--backend", default="exact", choices=["exact", "faiss", "faiss-hnsw"],
+                       help="exact (default); faiss: flat FAISS index, same results; faiss-hnsw: approximate, "
+                            "faster on large collections (needs faiss-cpu)")
     query.add_argument("--model", help="the model to query with (default: the one recorded in the index)")
     query.add_argument("--device", default="cpu")
     query.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -13,7 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-upload-mb", type=float, default=8.0, help="largest image upload accepted")
     parser.add_argument("-k", type=int, default=12, help="default number of results")
-    parser.add_argument("--backend", default="auto", choices=["auto", "exact", "faiss", "faiss-hnsw"])
+    parser.add_argument("--backend", default="exact", choices=["exact", "faiss", "faiss-hnsw"],
+                        help="see smartclip search query --help")
     parser.add_argument("--device", default="cpu")
 
 

@@ -163,7 +163,7 @@ def encode_image_source(model, preprocess, source: ImageSource, out_dir, *, batc
         if done.meta.get("fingerprint") == fingerprint:
             return done  # already finished with these inputs and this model
         if not restart:
-            raise EncodingError(f"{out_dir} already holds embeddings of another input or model "
+            raise EncodingError(f"{out_dir} already holds embeddings of another input or model (or shard size) "
                                 f"({done.meta.get('source')}, model {done.meta.get('model')} "
                                 f"{done.meta.get('model_hash')}); choose another folder or restart")
     partial = out_dir / PARTIAL
@@ -171,7 +171,7 @@ def encode_image_source(model, preprocess, source: ImageSource, out_dir, *, batc
     if partial.exists() and (restart or not manifest_file.is_file()
                              or json.loads(manifest_file.read_text()).get("fingerprint") != fingerprint):
         if not restart and manifest_file.is_file():
-            raise EncodingError(f"{partial} is an unfinished run of another input or model; "
+            raise EncodingError(f"{partial} is an unfinished run of another input or model (or shard size); "
                                 "restart to discard it, or choose another output folder")
         shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
@@ -195,7 +195,8 @@ def encode_image_source(model, preprocess, source: ImageSource, out_dir, *, batc
                 images.append(load_image(source.resolve(i), name=source.ids[i]))
                 ok.append(i)
             except BadImage as e:
-                failed.append((source.ids[i], f"{e.kind}: {e.detail}" if e.detail else e.kind))
+                reason = f"{e.kind}: {e.detail}" if e.detail else e.kind
+                failed.append((source.ids[i], " ".join(reason.split())))  # one line in failed.tsv
         emb = embed_pil_images(model, preprocess, images, batch_size, device) if images \
             else torch.zeros(0, info["embed_dim"])
         np.save(partial / f"shard-{s:05d}.tmp.npy", emb.numpy().astype(np.float32))

@@ -3,8 +3,8 @@
 Scores are cosine similarities of unmasked normalised embeddings (SPEC 5). Optional
 masked scoring ranks image ``i`` for a text query ``q`` by ``<u(i, q), tn_q>`` with
 ``u(i, q) = (z_i * m_q) / ||z_i * m_q||``: only the dimensions the query's mask selects
-count. Exact search is a matrix product; FAISS (``faiss-cpu``) is used when asked for,
-or automatically for large indexes, and returns the same top-k on small ones (flat index).
+count. Exact search (a matrix product) is the default; FAISS (``faiss-cpu``) when asked for:
+a flat index returns the same top-k, HNSW an approximate one much faster on large collections.
 """
 from __future__ import annotations
 
@@ -20,11 +20,12 @@ from .encoding import EmbeddingSet, encode_image_source
 from .sources import ImageSource
 
 __all__ = ["ImageIndex", "Searcher", "SearchHit", "SearchResult", "build_index", "IndexModelMismatch",
-           "faiss_available", "masked_scores", "BACKENDS", "AUTO_FAISS_MIN"]
+           "faiss_available", "masked_scores", "BACKENDS"]
 
 INDEX_NAME = "index.json"
-BACKENDS = ("auto", "exact", "faiss", "faiss-hnsw")
-AUTO_FAISS_MIN = 100_000  # below this an exact matrix product is fast enough
+# exact is the default: per query it is faster than a FAISS flat index (benchmarks/bench_search.py);
+# HNSW is faster still on large collections but approximate, so it is opt-in
+BACKENDS = ("exact", "faiss", "faiss-hnsw")
 _EPS = 1e-12
 
 
@@ -67,13 +68,16 @@ class SearchResult:
         return out
 
 
-def masked_scores(embeddings: np.ndarray, text: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def masked_scores(embeddings: np.ndarray, text: np.ndarray, mask: np.ndarray,
+                  squared: Optional[np.ndarray] = None) -> np.ndarray:
     """``<(z_i * m) / ||z_i * m||, t / ||t||>`` for every row ``z_i`` (SPEC 3/5), without
-    materialising the masked rows: numerators ``Z @ (m * tn)``, norms ``(Z * Z) @ (m * m)``."""
+    materialising the masked rows: numerators ``Z @ (m * tn)``, norms ``(Z * Z) @ (m * m)``
+    (pass ``squared`` = ``Z * Z`` to reuse it across queries)."""
     tn = text / max(float(np.linalg.norm(text)), _EPS)
     m = mask.astype(np.float32)
     num = embeddings @ (m * tn)
-    den = np.sqrt(np.maximum((embeddings * embeddings) @ (m * m), 0.0))
+    squared = embeddings * embeddings if squared is None else squared
+    den = np.sqrt(np.maximum(squared @ (m * m), 0.0))
     return num / np.maximum(den, _EPS)
 
 
@@ -97,6 +101,7 @@ class ImageIndex:
         self.model_hash = embeddings.meta["model_hash"]
         self.model_spec = embeddings.meta.get("model_spec")
         self._faiss = {}
+        self._squared = None  # embeddings ** 2, for masked scoring
 
     @classmethod
     def load(cls, folder) -> "ImageIndex":
@@ -140,8 +145,6 @@ class ImageIndex:
     def _backend(self, backend: str) -> str:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
-        if backend == "auto":
-            return "faiss" if len(self) >= AUTO_FAISS_MIN and faiss_available() else "exact"
         if backend.startswith("faiss") and not faiss_available():
             raise ImportError(f"backend {backend!r} needs FAISS: pip install faiss-cpu (or use backend 'exact')")
         return backend
@@ -159,7 +162,7 @@ class ImageIndex:
             self._faiss[kind] = index
         return self._faiss[kind]
 
-    def top_k(self, query: np.ndarray, k: int = 10, backend: str = "auto") -> Tuple[np.ndarray, np.ndarray]:
+    def top_k(self, query: np.ndarray, k: int = 10, backend: str = "exact") -> Tuple[np.ndarray, np.ndarray]:
         """``(scores, rows)`` of the ``k`` rows with the largest inner product with ``query`` [d]."""
         query = np.asarray(query, dtype=np.float32).reshape(-1)
         if query.shape[0] != self.embed_dim:
@@ -173,13 +176,15 @@ class ImageIndex:
         return scores[0][keep], rows[0][keep].astype(np.int64)
 
     def top_k_masked(self, text: np.ndarray, mask: np.ndarray, k: int = 10) -> Tuple[np.ndarray, np.ndarray]:
-        return _top_k(masked_scores(self.embeddings, np.asarray(text, np.float32), np.asarray(mask)), k)
+        if self._squared is None:
+            self._squared = self.embeddings * self.embeddings
+        return _top_k(masked_scores(self.embeddings, np.asarray(text, np.float32), np.asarray(mask), self._squared), k)
 
     def hits(self, scores, rows) -> List[SearchHit]:
         return [SearchHit(rank=r + 1, row=int(i), id=self.data.ids[i], path=self.data.paths[i], score=float(s))
                 for r, (s, i) in enumerate(zip(scores, rows))]
 
-    def searcher(self, model, preprocess, tokenizer, device="cpu", backend: str = "auto") -> "Searcher":
+    def searcher(self, model, preprocess, tokenizer, device="cpu", backend: str = "exact") -> "Searcher":
         """A searcher bound to ``model``; refuses a model with other weights than the index's."""
         self.check_model(model)
         self._backend(backend)
@@ -187,7 +192,7 @@ class ImageIndex:
 
 
 class Searcher:
-    def __init__(self, index: ImageIndex, model, preprocess, tokenizer, device="cpu", backend="auto"):
+    def __init__(self, index: ImageIndex, model, preprocess, tokenizer, device="cpu", backend="exact"):
         self.index, self.model, self.preprocess, self.tokenizer = index, model.eval(), preprocess, tokenizer
         self.device, self.backend = device, backend
 
