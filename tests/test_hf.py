@@ -19,10 +19,10 @@ TEXTS = ["a photo of a cat!", "Wow!!! It's 3 o'clock; the dog's ball (blue) is g
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     torch.manual_seed(0)
-    model = smartclip.create_model("smartclip-micro").eval()
+    model = smartclip.create_model("smartclip-tiny").eval()  # 3 layers per tower: the layer mapping counts
     with torch.no_grad():  # make the two positional copies differ, as after training
         model.positional_embedding_res.add_(0.05 * torch.randn_like(model.positional_embedding_res))
-    path = tmp_path_factory.mktemp("hf") / "micro"
+    path = tmp_path_factory.mktemp("hf") / "tiny"
     assert smartclip.export(model, path, format="hf") == path
     return model, path
 
