@@ -18,7 +18,7 @@ The paper fine-tunes a pretrained CLIP; the demo does the same at toy scale:
 Every design choice and hyperparameter is fixed in :class:`DemoConfig` with its reason in
 docs/demo.md; none depends on which model wins. Training goes through
 ``smartclip.train.train``; a run that is already complete in ``out_dir`` is reused, an
-interrupted one resumes from its latest checkpoint.
+interrupted one is run again (from its latest checkpoint when it has one).
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ class DemoConfig:
     num_single: int = 128
     image_size: int = 64
     # stage 1: shared pretraining (CLIP objective, learned temperature, short captions)
-    pretrain_steps: int = 300
+    pretrain_steps: int = 600
     pretrain_lr: float = 1e-3
     pretrain_weight_decay: float = 0.1
     pretrain_warmup: int = 30
@@ -90,6 +90,9 @@ class DemoConfig:
     # the model
     model: Dict = field(default_factory=lambda: copy.deepcopy(DEMO_MODEL))
     device: str = "cpu"
+    # CPU threads for torch while the demo runs. The demo's tensors are tiny: with 2 threads on a
+    # busy machine, OpenMP's synchronisation made a step ~20x slower than with 1 (measured).
+    threads: int = 1
 
     @classmethod
     def quick(cls, **changes) -> "DemoConfig":
@@ -102,7 +105,7 @@ class DemoConfig:
 
     def validate(self) -> "DemoConfig":
         for name in ("num_train", "num_test", "num_single", "pretrain_steps", "finetune_steps", "batch_size",
-                     "probe_train_images", "eval_batch_size"):
+                     "probe_train_images", "eval_batch_size", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"demo config: {name} must be >= 1, got {getattr(self, name)}")
         bad = set(self.regimes) - {"short", "long"}
@@ -197,7 +200,8 @@ def _train_config(cfg: DemoConfig, run: RunSpec, out: Path, data_dir: Path, init
                   "mask": {"lr": cfg.mask_lr, "weight_decay": 0.0, "warmup_steps": 0, "schedule": "cosine"}},
         "train": {"steps": run.steps, "global_batch": cfg.batch_size, "device": cfg.device, "progress": False,
                   "tensorboard": False, "plots": False, "log_every": 1},
-        "checkpoint": {"every_steps": max(run.steps // 2, 1), "keep_last": 1},
+        # final checkpoint only: a run is short, and each save writes the optimizer state too
+        "checkpoint": {"every_steps": 0, "keep_last": 1},
     })
 
 
@@ -270,16 +274,25 @@ def summarise(per_seed: Dict[str, List[dict]]) -> Dict[str, Dict[str, dict]]:
 def run_demo(out_dir: str, seeds: int = 1, *, config: Optional[DemoConfig] = None, progress: bool = True,
              log: Callable[[str], None] = print) -> dict:
     """Run the whole demo into ``out_dir`` and return the ``results.json`` content."""
-    from smartclip.scenes import write_dataset
-    from .scenes import report as demo_report
-
     cfg = (config or DemoConfig()).validate()
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 16)))
+    from threadpoolctl import threadpool_limits
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        with threadpool_limits(limits=cfg.threads):  # BLAS / OpenMP outside torch (scikit-learn probes)
+            return _run_demo(cfg, out, out_dir, seeds, started, progress, log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run_demo(cfg: DemoConfig, out: Path, out_dir: str, seeds: int, started: float, progress: bool, log) -> dict:
+    from smartclip.scenes import write_dataset
+    from .scenes import report as demo_report
 
     log(f"[demo] writing the scene dataset to {out / 'data'}")
     data_dir = write_dataset(out / "data", seed=cfg.data_seed, num_train=cfg.num_train, num_test=cfg.num_test,
