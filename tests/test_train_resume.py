@@ -26,11 +26,13 @@ def dataset(tmp_path_factory):
     return make_csv_dataset(tmp_path_factory.mktemp("resume_data"), 16)
 
 
+@pytest.mark.slow
 def test_cli_run_writes_the_documented_run_directory(tmp_path, dataset):
     run = tmp_path / "run"
     code = cli_main(["train", str(CONFIGS / "tiny.yaml"), f"data.train={dataset}", "data.num_workers=0",
                      "model.name=smartclip-micro", "train.global_batch=8", "train.steps=3", "train.log_every=1",
-                     "train.progress=false", "checkpoint.every_steps=1", "checkpoint.keep_last=2", f"run_dir={run}"])
+                     "train.progress=false", "checkpoint.every_steps=1", "checkpoint.keep_last=2", f"run_dir={run}",
+                     f"eval.specs=[retrieval:{dataset}]", "eval.every_steps=2", "eval.batch_size=8"])
     assert code == 0
     # the resolved config reloads to the same values
     saved = yaml.safe_load((run / "config.yaml").read_text())
@@ -49,11 +51,22 @@ def test_cli_run_writes_the_documented_run_directory(tmp_path, dataset):
         assert all(key in r for r in records), key
     assert any((run / "tensorboard").glob("events.out.tfevents.*"))
     assert {p.name for p in (run / "plots").glob("*.png")} >= {"loss.png", "mask.png", "lr.png"}
+    # periodic evaluation at step 2 and at the end, through smartclip.eval
+    evals = read_metrics(run / "metrics.jsonl", "eval")
+    assert [e["step"] for e in evals] == [2, 3] and all(e["results"][f"retrieval:{dataset}"] for e in evals)
+    assert (run / "plots" / "eval.png").is_file()
     end = [e for e in read_metrics(run / "metrics.jsonl", "event") if e["event"] == "end"][0]
     assert end["data"]["records_read"] == 24
     # starting again in the same run_dir without resume=latest would mix two runs
     with pytest.raises(ConfigError, match="already holds checkpoints; pass resume=latest"):
         train(load_config(run / "config.yaml"))
+
+
+def test_unknown_eval_benchmark_fails_before_training(tmp_path, dataset):
+    cfg = tiny_config(tmp_path, dataset, "train.steps=1", "eval.specs=[cocco]")
+    with pytest.raises(ConfigError, match="eval.specs: 'cocco': .*unknown benchmark 'cocco'"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
 
 
 def test_nonfinite_losses_are_skipped_then_stop_the_run_with_a_checkpoint(tmp_path, dataset):

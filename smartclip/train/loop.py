@@ -126,11 +126,21 @@ def _build_model(cfg: TrainConfig, device: torch.device):
     return model.to(device).train()
 
 
-def _run_eval(model, cfg: TrainConfig, device) -> Dict[str, dict]:
+def _check_eval_specs(cfg: TrainConfig):
+    """Build every benchmark once, so a typo or missing data fails before training, not at step N."""
     try:
-        from smartclip.eval import evaluate
+        from smartclip.eval import get_benchmark
     except ImportError as e:
-        raise ConfigError(f"eval.specs: periodic evaluation needs smartclip.eval.evaluate ({e})") from e
+        raise ConfigError(f"eval.specs: periodic evaluation needs smartclip.eval ({e})") from e
+    for spec in cfg.eval.specs:
+        try:
+            get_benchmark(spec, root=cfg.eval.root)
+        except Exception as e:  # unknown name, missing folder, bad layout: all configuration errors here
+            raise ConfigError(f"eval.specs: {spec!r}: {e}") from e
+
+
+def _run_eval(model, cfg: TrainConfig, device) -> Dict[str, dict]:
+    from smartclip.eval import evaluate
     was_training = model.training
     model.eval()
     try:
@@ -164,6 +174,8 @@ def _train(cfg: TrainConfig, world: WorldInfo, on_step) -> TrainResult:
     from smartclip.data import build_train_data
 
     cfg.train.check_world(world.world_size)
+    if cfg.eval.specs and world.is_main:
+        _check_eval_specs(cfg)
     run_dir = Path(cfg.run_dir)
     resume = cfg.resume
     if resume is None and _restarted_by_torchrun():
