@@ -65,6 +65,17 @@ def _wait(driver, condition, timeout=30):
     return WebDriverWait(driver, timeout).until(condition)
 
 
+def _clear(driver):
+    driver.execute_script("document.getElementById('results').replaceChildren();"
+                          "document.getElementById('status').textContent = '';")
+
+
+def _first_caption(driver) -> str:
+    # read in the page: the results are replaced as a whole, so element handles go stale
+    return driver.execute_script(
+        "const c = document.querySelector('#results figure.hit figcaption'); return c ? c.textContent : '';")
+
+
 def _fetch(driver, path, method="GET", size=0):
     """Run fetch() inside the page; returns (status, JSON body)."""
     return driver.execute_async_script("""
@@ -94,10 +105,23 @@ def test_query_upload_and_refusals(browser, site):
     assert len(d.find_elements(By.CSS_SELECTOR, "#mask span")) == 32
 
     # an image upload finds the same image first
+    _clear(d)
     d.find_element(By.ID, "file").send_keys(str(site["root"] / "images" / "photo5.png"))
-    _wait(d, lambda drv: "upload" in drv.find_element(By.ID, "status").text)
-    first = d.find_element(By.CSS_SELECTOR, "#results figure.hit figcaption").text
-    assert first.endswith("photo5.png") and first.startswith("1.0000")
+    _wait(d, lambda drv: _first_caption(drv).endswith("photo5.png"))
+    assert _first_caption(d).startswith("1.0000") and "upload" in d.find_element(By.ID, "status").text
+
+    # dropping an image on the drop zone does the same
+    _clear(d)
+    d.execute_async_script("""
+        const done = arguments[0];
+        fetch('/image/3').then(r => r.blob()).then(blob => {
+            const dt = new DataTransfer();
+            dt.items.add(new File([blob], 'dropped.png', {type: 'image/png'}));
+            document.getElementById('drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true}));
+            done();
+        });""")
+    _wait(d, lambda drv: _first_caption(drv).endswith("photo3.png"))
+    assert _first_caption(d).startswith("1.0000")
 
     # path traversal: refused with a JSON error, the file's content never sent
     for path in ["/image/..%2F..%2Fsecret.txt", "/image/%2e%2e/%2e%2e/secret.txt", "/image/..%2Fsecret.txt"]:
