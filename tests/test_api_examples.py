@@ -97,3 +97,33 @@ def test_models_command(capsys):
     assert large["parameters"]["total"] == sum(large["parameters"][k] for k in ("image", "text", "mask_network"))
     assert cli(["models", "ViT-B-61"]) == 2
     assert "Did you mean" in capsys.readouterr().err
+
+
+def test_load_accepts_checkpoints_released_files_and_names(tmp_path):
+    import torch
+    import smartclip
+
+    # a released-style .pt: OpenAI layout, fp16, both 248-row positional tables, mask_net.*;
+    # head width 64 as in the released ViT-B/16 and L/14 (the layout does not record heads)
+    cfg = {"embed_dim": 32, "quick_gelu": True,
+           "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 64, "patch_size": 8},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2}}
+    torch.manual_seed(0)
+    reference = smartclip.build_model(cfg).eval()
+    torch.save({k: v.half() for k, v in reference.state_dict().items()}, tmp_path / "released.pt")
+    smartclip.save_checkpoint(reference, tmp_path / "ours")
+    texts = ["a bear holding a pen", "a long caption, " * 30]
+    pixels = torch.rand(2, 3, 32, 32)
+    for source, atol in [(tmp_path / "ours", 1e-6), (tmp_path / "released.pt", 2e-2)]:
+        model, preprocess, tokenizer = smartclip.load(str(source))
+        assert not model.training and tokenizer.context_length == 248
+        assert preprocess.transforms[0].size in (32, [32], (32, 32))
+        with torch.no_grad():
+            torch.testing.assert_close(model.encode_text(tokenizer(texts)), reference.encode_text(tokenizer(texts)),
+                                       atol=atol, rtol=0)
+            torch.testing.assert_close(model.encode_image(pixels), reference.encode_image(pixels), atol=atol, rtol=0)
+        assert model.mask_trained
+    model, _, tokenizer = smartclip.load("smartclip-micro")  # a name: random weights
+    assert model.embed_dim == 32 and tokenizer.context_length == 248
+    with pytest.raises(ValueError, match="tags"):
+        smartclip.load("smartclip-micro:no-such-tag")
