@@ -34,24 +34,28 @@ class OracleTokenizer:
 
 class OracleModel(nn.Module):
     """Image and text embeddings = the true multi-hot concept vector; the mask of a text selects
-    exactly the dimensions of the concepts it names."""
+    exactly the dimensions of the concepts it names. ``shared_dims`` adds dimensions that every
+    image has (value 1) and every mask selects, so masked scores still see presence (with a
+    one-dimension mask, ``u = z*m/|z*m|`` is 1 whatever the value, by design)."""
 
-    def __init__(self, n_concepts, constant_mask=False):
+    def __init__(self, n_concepts, constant_mask=False, shared_dims=0):
         super().__init__()
         self.dummy = nn.Parameter(torch.zeros(1))
-        self.embed_dim, self.image_size, self.mask_trained = n_concepts, (4, 4), True
+        self.n, self.shared = n_concepts, shared_dims
+        self.embed_dim, self.image_size, self.mask_trained = n_concepts + shared_dims, (4, 4), True
         self.constant_mask = constant_mask
 
     def encode_image(self, x, normalize=False):
-        return x.flatten(1)[:, : self.embed_dim] + 1e-3  # preprocess put the multi-hot there
+        hot = x.flatten(1)[:, : self.n] + 1e-3  # preprocess put the multi-hot there
+        return torch.cat([hot, torch.ones(len(x), self.shared)], 1)
 
     def encode_text(self, tokens, normalize=False, trim=True):
-        return (tokens[:, 1:] - 1).float() + 1e-3
+        return torch.cat([(tokens[:, 1:] - 1).float() + 1e-3, torch.zeros(len(tokens), self.shared)], 1)
 
     def text_mask(self, tokens, soft=None):
         if self.constant_mask:
             return torch.ones(len(tokens), self.embed_dim)
-        return (tokens[:, 1:] - 1).float()
+        return torch.cat([(tokens[:, 1:] - 1).float(), torch.ones(len(tokens), self.shared)], 1)
 
 
 def oracle(dataset, **kwargs):
@@ -142,3 +146,21 @@ def test_feature_cache_is_used_and_gives_the_same_metrics(dataset):
     second = bench.run(model, tokenizer=tokenizer, preprocess=preprocess, progress=False, feature_cache=cache)
     assert misses > 0 and cache.misses == misses and cache.hits >= misses
     assert first["metrics"] == second["metrics"]
+
+
+def test_masked_scoring_option(dataset):
+    model, tokenizer, preprocess = oracle(dataset, shared_dims=8)
+    result = SceneBenchmark(dataset, masked=True).run(model, tokenizer=tokenizer, preprocess=preprocess,
+                                                      progress=False)
+    assert "masked scores" in result["protocol"]
+    # the mask keeps the named concept (and the shared dimensions): a one-concept prompt still ranks perfectly
+    assert result["metrics"]["concept_map"] == pytest.approx(100)
+    assert result["metrics"]["single_acc"] == pytest.approx(100)
+    # with one-dimension masks, u = z*m/|z*m| no longer sees presence: proof the masks are applied
+    plain, tokenizer, preprocess = oracle(dataset)
+    blind = SceneBenchmark(dataset, masked=True).run(plain, tokenizer=tokenizer, preprocess=preprocess,
+                                                     progress=False)
+    assert blind["metrics"]["concept_map"] < 50
+    model.mask_trained = False
+    with pytest.raises(ValueError, match="masked scoring needs a trained mask network"):
+        SceneBenchmark(dataset, masked=True).run(model, tokenizer=tokenizer, preprocess=preprocess, progress=False)

@@ -52,15 +52,19 @@ class SceneBenchmark:
 
     ``probe_train_images``: training images used to fit the linear probes;
     ``phrases_per_concept`` / ``pairs_per_concept``: captions for the mask metrics;
-    ``seed``: which captions are drawn for the mask metrics.
+    ``seed``: which captions are drawn for the mask metrics; ``masked``: rank retrieval and
+    concept prompts with masked scores ``<u(i, q), tn_q>`` (SPEC 5) instead of cosine.
     """
 
     name = "scenes"
     protocol = PROTOCOL
 
     def __init__(self, root_dir: str, *, probe_train_images: int = 2000, phrases_per_concept: int = 8,
-                 pairs_per_concept: int = 8, seed: int = 0):
+                 pairs_per_concept: int = 8, seed: int = 0, masked: bool = False):
         self.root = Path(root_dir)
+        self.masked = bool(masked)
+        if self.masked:
+            self.protocol = PROTOCOL + "; retrieval and concept prompts ranked by masked scores (SPEC 5)"
         self.labels = load_labels(root_dir)
         self.probe_train_images = probe_train_images
         self.phrases_per_concept = phrases_per_concept
@@ -96,6 +100,10 @@ class SceneBenchmark:
     def run(self, model, *, tokenizer, preprocess, device="cpu", batch_size=64, allow_partial=False,
             progress=True, feature_cache=None) -> dict:
         from . import _features as F
+        from smartclip.eval.metrics import masked_scores
+        if self.masked and not (getattr(model, "mask_trained", True) and hasattr(model, "text_mask")):
+            raise ValueError("scene benchmark: masked scoring needs a trained mask network "
+                             "(model.mask_trained is False)")
         missing: List[str] = []
         test = self._records("test", allow_partial, missing)
         single = self._records("single", allow_partial, missing)
@@ -112,28 +120,38 @@ class SceneBenchmark:
             return F.encode_texts(model, tokenizer, strings, batch_size=batch_size, device=device,
                                   progress=progress, desc=f"scenes {what}", cache=feature_cache)
 
+        def masks(strings):
+            return _hard_masks(model, tokenizer, strings, device, batch_size).float() if self.masked else None
+
+        def scores(image_features, text_features, strings):
+            if self.masked:
+                return masked_scores(image_features, text_features, masks(strings))
+            return image_features @ text_features.T
+
         test_img, single_img, train_img = images(test, "test"), images(single, "single"), images(train, "probe")
         metrics: Dict[str, float] = {}
 
         # claim 1 / 2: retrieval with long and with short captions
-        long_txt = texts([r["long_caption"] for r in test], "long captions")
-        r = F.retrieval_recall(test_img, long_txt, list(range(len(test))), ks=(1, 5))
+        long_captions = [r["long_caption"] for r in test]
+        long_txt = texts(long_captions, "long captions")
+        r = F.retrieval_recall(test_img, long_txt, list(range(len(test))), ks=(1, 5), text_masks=masks(long_captions))
         metrics.update({f"long_{k}": v for k, v in r.items()})
         short, short_owner = [], []
         for i, rec in enumerate(test):
             short += rec["short_captions"]
             short_owner += [i] * len(rec["short_captions"])
         short_txt = texts(short, "short captions")
-        r = F.retrieval_recall(test_img, short_txt, short_owner, ks=(1, 5))
+        r = F.retrieval_recall(test_img, short_txt, short_owner, ks=(1, 5), text_masks=masks(short))
         metrics.update({f"short_{k}": v for k, v in r.items()})
 
         # claim 2: a prompt naming one concept
-        prompts = texts([concept_prompt(c) for c in self.concepts], "concept prompts")
+        prompt_texts = [concept_prompt(c) for c in self.concepts]
+        prompts = texts(prompt_texts, "concept prompts")
         y_test = self._multi_hot(test)
-        scores = (test_img @ prompts.T).numpy()
-        metrics["concept_map"] = 100 * _mean_ap(y_test, scores)
+        metrics["concept_map"] = 100 * _mean_ap(y_test, scores(test_img, prompts, prompt_texts).numpy())
         truth = np.array([self.concepts.index(r["objects"][0]["concept"]) for r in single])
-        metrics["single_acc"] = 100 * float(((single_img @ prompts.T).argmax(1).numpy() == truth).mean())
+        predicted = scores(single_img, prompts, prompt_texts).argmax(1).numpy()
+        metrics["single_acc"] = 100 * float((predicted == truth).mean())
         metrics["probe_map"] = 100 * _probe_map(train_img.numpy(), self._multi_hot(train), test_img.numpy(), y_test)
 
         counts = {"test_images": len(test), "single_images": len(single), "probe_train_images": len(train),
