@@ -24,9 +24,14 @@ __all__ = [
 
 def load(path_or_name: str, device="cpu", **options):
     """``(model, preprocess, tokenizer)`` for one of our checkpoints, a released SmartCLIP /
-    Long-CLIP file, or a model name (``"ViT-B-16"``, ``"ViT-B-16:openai"`` for a tag)."""
+    Long-CLIP file, a folder written by ``export(..., format="hf")``, or a model name
+    (``"ViT-B-16"``, ``"ViT-B-16:openai"`` for an open_clip tag)."""
     import os
-    if os.path.exists(path_or_name):
+    from .hf import SMARTCLIP_HF_NAME
+    if os.path.isfile(os.path.join(path_or_name, SMARTCLIP_HF_NAME)):
+        from .hf import load_hf
+        model = load_hf(path_or_name, device=device)
+    elif os.path.exists(path_or_name):
         model = create_model(path_or_name, device=device, **options)
     else:
         name, _, tag = path_or_name.partition(":")

@@ -167,3 +167,17 @@ def test_bad_checkpoints_say_what_is_wrong(tmp_path, micro_model):
 def _save(path, state):
     torch.save(state, path)
     return path
+
+
+def test_load_accepts_every_kind_of_source(tmp_path, micro_model):
+    """``smartclip.load``: our directory, a released .pt, an exported HF folder, a name."""
+    ours = smartclip.save_checkpoint(micro_model, tmp_path / "ours")
+    released = _save(tmp_path / "released.pt", _released_state_dict(micro_model))
+    hf = smartclip.export(micro_model, tmp_path / "hf", format="hf")
+    expected = smartclip.state_dict_hash(micro_model)
+    for source in (ours, released, hf):
+        model, preprocess, tokenizer = smartclip.load(str(source))
+        assert smartclip.state_dict_hash(model) == expected, source
+        assert tokenizer.context_length == 248 and not model.training
+    model, _, _ = smartclip.load("smartclip-micro")
+    assert model.embed_dim == 32
