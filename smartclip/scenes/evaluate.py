@@ -154,7 +154,8 @@ class SceneBenchmark:
         metrics["single_acc"] = 100 * float((predicted == truth).mean())
         metrics["probe_map"] = 100 * _probe_map(train_img.numpy(), self._multi_hot(train), test_img.numpy(), y_test)
 
-        counts = {"test_images": len(test), "single_images": len(single), "probe_train_images": len(train),
+        counts = {"images": len(test) + len(single), "texts": len(test) + len(short) + len(self.concepts),
+                  "test_images": len(test), "single_images": len(single), "probe_train_images": len(train),
                   "long_captions": len(test), "short_captions": len(short), "concepts": len(self.concepts)}
 
         # claim 3: masks
