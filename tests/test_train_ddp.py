@@ -18,7 +18,8 @@ from test_train_utils import assert_same_weights, tiny_config
 
 pytestmark = pytest.mark.slow
 STEPS = 4
-LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT")
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT",
+               "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
 
 
 def _free_port() -> int:
@@ -49,20 +50,24 @@ def single_process(tmp_path_factory, dataset):
     return out
 
 
-def _worker(rank: int, world: int, port: int, csv: str, tmp: str, objective: str, extra: list):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+def _worker(rank: int, world: int, port: int, csv: str, tmp: str, objective: str, extra: list, launcher: str):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if launcher == "slurm":  # what srun sets for each task
+        os.environ.update(SLURM_PROCID=str(rank), SLURM_NTASKS=str(world), SLURM_LOCALID=str(rank))
+    else:  # what torchrun sets
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     cfg = tiny_config(Path(tmp), csv, *_overrides(objective, Path(tmp) / "run", *extra))
     train(cfg)
 
 
-@pytest.mark.parametrize("objective, extra", [
-    ("clip", []),
-    ("smartclip", ["train.micro_batch=2"]),  # also gradient caching under DDP (no_sync, then sync)
+@pytest.mark.parametrize("objective, extra, launcher", [
+    ("clip", [], "slurm"),  # SLURM task variables instead of torchrun's
+    ("smartclip", ["train.micro_batch=2"], "torchrun"),  # also gradient caching under DDP (no_sync, then sync)
 ])
-def test_two_processes_match_one_process_with_the_combined_batch(tmp_path, dataset, single_process, objective, extra):
-    mp.spawn(_worker, args=(2, _free_port(), dataset, str(tmp_path), objective, extra), nprocs=2, join=True)
+def test_two_processes_match_one_process_with_the_combined_batch(tmp_path, dataset, single_process, objective, extra,
+                                                                 launcher):
+    mp.spawn(_worker, args=(2, _free_port(), dataset, str(tmp_path), objective, extra, launcher), nprocs=2, join=True)
     final = tmp_path / "run" / "checkpoints" / f"step_{STEPS:08d}"
     assert sorted(p.name for p in final.glob("rank_*.pt")) == ["rank_0.pt", "rank_1.pt"]
     start = read_metrics(tmp_path / "run" / "metrics.jsonl", "event")[0]
