@@ -69,6 +69,13 @@ def test_unknown_eval_benchmark_fails_before_training(tmp_path, dataset):
     assert not (tmp_path / "run").exists()
 
 
+def test_resume_from_something_that_is_not_a_checkpoint_fails_clearly(tmp_path, dataset):
+    cfg = tiny_config(tmp_path, dataset, "train.steps=1", f"resume={tmp_path}")
+    with pytest.raises(ConfigError, match=r"resume=.*: not a training checkpoint \(no trainer_state.pt\); give "
+                                          r"'latest', a run directory or a checkpoints/step_\* directory"):
+        train(cfg)
+
+
 def test_nonfinite_losses_are_skipped_then_stop_the_run_with_a_checkpoint(tmp_path, dataset):
     cfg = tiny_config(tmp_path, dataset, "train.steps=6", "train.nonfinite_limit=2", "checkpoint.every_steps=0")
 

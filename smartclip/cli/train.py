@@ -32,10 +32,14 @@ def run(args) -> int:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from smartclip.data import DataError
     try:
         result = train(cfg)
     except ConfigError as e:
         print(f"smartclip train: invalid configuration: {e}", file=sys.stderr)
+        return 2
+    except DataError as e:
+        print(f"smartclip train: unusable data: {e}", file=sys.stderr)
         return 2
     except TrainingStopped as e:
         print(f"smartclip train: {e}", file=sys.stderr)

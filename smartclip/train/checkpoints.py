@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .config import ConfigError
+
 __all__ = ["checkpoint_dir_name", "list_checkpoints", "latest_checkpoint", "resolve_resume",
            "save_training_checkpoint", "load_trainer_state", "load_rank_state", "rng_state", "set_rng_state",
            "TRAINER_STATE", "CHECKPOINTS"]
@@ -61,10 +63,10 @@ def resolve_resume(resume: Optional[str], run_dir) -> Optional[Path]:
     if path.is_dir() and (path / CHECKPOINTS).is_dir():  # a run directory
         latest = latest_checkpoint(path)
         if latest is None:
-            raise FileNotFoundError(f"resume={resume}: the run directory has no complete checkpoint")
+            raise ConfigError(f"resume={resume}: the run directory has no complete checkpoint")
         return latest
     if not (path / TRAINER_STATE).is_file():
-        raise FileNotFoundError(f"resume={resume}: not a training checkpoint (no {TRAINER_STATE}); give "
+        raise ConfigError(f"resume={resume}: not a training checkpoint (no {TRAINER_STATE}); give "
                                 f"'latest', a run directory or a checkpoints/step_* directory")
     return path
 
@@ -137,6 +139,6 @@ def load_rank_state(path, rank: int) -> dict:
     file = Path(path) / f"rank_{rank}.pt"
     if not file.is_file():
         have = sorted(p.name for p in Path(path).glob("rank_*.pt"))
-        raise FileNotFoundError(f"{path}: no {file.name} (the checkpoint was written by {len(have)} process(es): "
+        raise ConfigError(f"resume: {path} has no {file.name} (the checkpoint was written by {len(have)} process(es): "
                                 f"{have}); resume with the same number of processes")
     return torch.load(file, map_location="cpu", weights_only=True)

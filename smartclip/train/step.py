@@ -130,10 +130,11 @@ class ContrastiveStep:
         out = self._forward(self.forward_module, images, tokens)
         terms = self._loss(out["image_features"], out["text_features"], out.get("mask"),
                            out["logit_scale"], image_index)
+        summary = self._summary(terms, out.get("mask_probs"), out["text_features"].shape[-1])
         if not self._all_finite(terms["loss"]):
-            return StepOutput(self._summary(terms, out.get("mask_probs"), out["text_features"].shape[-1]), False)
+            return StepOutput(summary, False)
         self._scaled(terms["loss"]).backward()
-        return StepOutput(self._summary(terms, out.get("mask_probs"), out["text_features"].shape[-1]), True)
+        return StepOutput(summary, True)
 
     def _cached(self, images, tokens, image_index) -> StepOutput:
         batch, mb = images.shape[0], self.micro_batch
