@@ -100,7 +100,10 @@ def _recall_from_chunks(score_chunk: Callable[[int, int, torch.Tensor], torch.Te
         scores[owner, cols] = float("-inf")
         changed = (scores.amax(1) > threshold).nonzero().flatten()
         if changed.numel():
-            top = scores[changed].topk(min(kmax, width), dim=1).values
+            k = min(kmax, width)
+            # early chunks change most rows: rank them in place rather than copy them out
+            top = (scores.topk(k, dim=1).values[changed] if changed.numel() > n_images // 2
+                   else scores[changed].topk(k, dim=1).values)
             merged = torch.cat([top_negatives[changed], top], dim=1).topk(kmax, dim=1).values
             top_negatives[changed] = merged
             threshold[changed] = merged[:, -1]
