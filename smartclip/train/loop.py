@@ -174,7 +174,7 @@ def _train(cfg: TrainConfig, world: WorldInfo, on_step) -> TrainResult:
     from smartclip.data import build_train_data
 
     cfg.train.check_world(world.world_size)
-    if cfg.eval.specs and world.is_main:
+    if cfg.eval.specs:  # on every process: an error on one alone would leave the others waiting
         _check_eval_specs(cfg)
     run_dir = Path(cfg.run_dir)
     resume = cfg.resume
