@@ -44,6 +44,7 @@ def test_quick_demo_writes_every_output_and_reuses_finished_runs(tmp_path, capsy
     assert smart["long_t2i@1"]["n"] == 2 and len(smart["long_t2i@1"]["values"]) == 2
     assert "mask_algebra" in smart and "mask_algebra" not in clip  # CLIP never trains the mask
     assert {c["verdict"] for c in saved["comparisons"]} <= {"better", "worse", "no clear difference"}
+    assert saved["comparisons"]  # two seeds: every comparison gets a verdict
     report = (out / "report.md").read_text()
     assert "| metric |" in report and "plots/mask_density.png" in report
     assert "one-concept prompt mAP" in capsys.readouterr().out  # the summary table is printed
@@ -63,3 +64,13 @@ def test_cli_data_only_and_bad_arguments(tmp_path, capsys):
     assert (tmp_path / "d/data/train_long.csv").is_file()
     with pytest.raises(SystemExit, match="--seeds must be >= 1"):
         main(["demo", "--out", str(tmp_path / "d"), "--seeds", "0"])
+
+
+def test_decision_rule():
+    from smartclip.scenes.report import verdict
+    a = {"mean": 12.0, "std": 1.0, "n": 3}
+    assert verdict(a, {"mean": 10.0, "std": 1.0, "n": 3}) == "better"          # 2.0 > 2 * 0.82
+    assert verdict(a, {"mean": 11.0, "std": 0.5, "n": 3}) == "no clear difference"  # 1.0 is not > 1
+    assert verdict({"mean": 10.0, "std": 3.0, "n": 3}, a) == "no clear difference"  # 2.0 < 2 * 1.83
+    assert verdict({"mean": 5.0, "std": 0.0, "n": 3}, a) == "worse"
+    assert verdict({"mean": 20.0, "std": 0.0, "n": 1}, a) == "one seed: no verdict"

@@ -17,9 +17,12 @@ CLAIM_METRICS = ["long_i2t@1", "long_t2i@1", "short_i2t@1", "short_t2i@1", "conc
 
 def verdict(a: dict, b: dict, min_points: float = 1.0) -> str:
     """The decision rule fixed in docs/demo.md: A beats B on a metric when the mean difference
-    exceeds both ``min_points`` and twice its standard error over seeds; otherwise no difference."""
+    exceeds both ``min_points`` and twice its standard error over seeds; otherwise no difference.
+    With one seed there is no standard error, so no verdict."""
+    if a["n"] < 2 or b["n"] < 2:
+        return "one seed: no verdict"
     diff = a["mean"] - b["mean"]
-    se = math.sqrt((a["std"] ** 2) / a["n"] + (b["std"] ** 2) / b["n"]) if a["n"] > 1 and b["n"] > 1 else 0.0
+    se = math.sqrt((a["std"] ** 2) / a["n"] + (b["std"] ** 2) / b["n"])
     if abs(diff) > max(min_points, 2 * se):
         return "better" if diff > 0 else "worse"
     return "no clear difference"
@@ -96,11 +99,13 @@ def _verdict_lines(record: dict) -> List[str]:
         if row["metric"] == "mask gap":
             out.append(f"- {row['regime']}: SmartCLIP `{row['a']}` {row['a_mean']:.1f} vs `{row['b']}` "
                        f"{row['b_mean']:.1f} (gap {row['difference']:+.1f}): "
-                       + ("masks separate concepts" if row["verdict"] == "better" else
-                          "no evidence that the masks identify concepts"))
+                       + {"better": "larger, by the rule", "worse": "smaller, by the rule",
+                          "no clear difference": "no clear difference",
+                          "one seed: no verdict": "one seed: no verdict"}[row["verdict"]])
         else:
             word = {"better": "**SmartCLIP better**", "worse": "**SmartCLIP worse**",
-                    "no clear difference": "no clear difference"}[row["verdict"]]
+                    "no clear difference": "no clear difference",
+                    "one seed: no verdict": "one seed: no verdict"}[row["verdict"]]
             out.append(f"- {row['regime']}, `{row['metric']}`: SmartCLIP {row['a_mean']:.1f} vs "
                        f"{names[row['b']]} {row['b_mean']:.1f} ({row['difference']:+.1f}): {word}")
     return out
@@ -279,7 +284,7 @@ def write_report(out: Path, record: dict, runs, data_dir: Path, checkpoints: Dic
         "Mask metrics are shown only where the mask network was trained.",
         "",
         "## Verdicts (rule fixed in advance: a difference counts when it exceeds 1 point and twice its "
-        "standard error over seeds)",
+        "standard error over seeds; one seed gives no verdict)",
         "",
         *_verdict_lines(record),
         "",
