@@ -29,7 +29,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -215,8 +215,9 @@ def _write_init_checkpoint(cfg: DemoConfig, path: Path) -> Path:
     return smartclip.save_checkpoint(model, path)
 
 
-def _run_training(cfg, run, out, data_dir, init_ckpt, pretrain_ckpt, on_step) -> Path:
-    """Train ``run`` (or reuse it when ``done.json`` says it finished with this config)."""
+def _run_training(cfg, run, out, data_dir, init_ckpt, pretrain_ckpt, on_step) -> Tuple[Path, bool]:
+    """Train ``run``, or reuse it when ``done.json`` says it finished with this config.
+    Returns (final checkpoint, reused)."""
     from smartclip.train import config_to_dict, latest_checkpoint, train
     tcfg = _train_config(cfg, run, out, data_dir, init_ckpt, pretrain_ckpt)
     run_dir = Path(tcfg.run_dir)
@@ -227,14 +228,12 @@ def _run_training(cfg, run, out, data_dir, init_ckpt, pretrain_ckpt, on_step) ->
         if record["config"] != wanted:
             raise FileExistsError(f"{run_dir} holds a finished run with another configuration; "
                                   f"use another output directory or delete {run_dir}")
-        for _ in range(run.steps):
-            on_step(None)
-        return Path(record["checkpoint"])
+        return Path(record["checkpoint"]), True
     if latest_checkpoint(run_dir) is not None:
         tcfg.resume = "latest"  # an interrupted demo continues exactly where it stopped
     result = train(tcfg, on_step=on_step)
     done.write_text(json.dumps({"config": wanted, "checkpoint": str(result.checkpoint), "steps": result.steps}))
-    return Path(result.checkpoint)
+    return Path(result.checkpoint), False
 
 
 def _evaluate(cfg: DemoConfig, data_dir: Path, checkpoint: Path, mask_trained: bool, result_path: Path) -> dict:
@@ -315,13 +314,15 @@ def _run_demo(cfg: DemoConfig, out: Path, out_dir: str, seeds: int, started: flo
 
             def on_step(info, _run=run):
                 bar.update(1)
-                if info is not None and info.metrics:
+                if info.metrics:
                     loss = info.metrics.get("loss")
                     if loss is not None:
                         bar.set_postfix_str(f"train {_run.name} loss {loss:.3f}")
 
             t0 = time.time()
-            ckpt = _run_training(cfg, run, out, data_dir, init_ckpt, pretrain_ckpt, on_step)
+            ckpt, reused = _run_training(cfg, run, out, data_dir, init_ckpt, pretrain_ckpt, on_step)
+            if reused:
+                bar.update(run.steps)
             timings[f"train {run.name}"] = round(time.time() - t0, 1)
             if run.stage == "pretrain":
                 pretrain_ckpt = ckpt
