@@ -50,7 +50,7 @@ def test_overrides_are_typed_and_nested(csv):
     assert cfg.train.steps == 200 and cfg.run_dir == "runs/x" and cfg.objective == "clip"
     assert cfg.optim.clip.lr == 1e-5 and isinstance(cfg.optim.clip.lr, float)  # YAML reads "1e-5" as text
     assert cfg.loss.scale is None and cfg.train.micro_batch == 8 and cfg.eval.specs == ["a", "b"]
-    assert cfg.model.options == {"soft_mask": True}
+    assert cfg.model.options == {"mask_padding": True, "soft_mask": True}  # merged with the file's
 
 
 @pytest.mark.parametrize("override, message", [
