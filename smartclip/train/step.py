@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from smartclip.distributed import is_distributed
+from smartclip.distributed import is_distributed, world_info
 
 __all__ = ["ContrastiveStep", "StepOutput", "build_loss"]
 
@@ -77,8 +77,13 @@ class ContrastiveStep:
     def _loss(self, image_features, text_features, mask, logit_scale, image_index):
         if self.objective == "smartclip" and mask is None:
             mask = torch.ones_like(text_features, dtype=torch.float32)
+        groups = None
+        if image_index.numel() != image_features.shape[0]:
+            # k captions per image: other captions of the same image are not negatives.
+            # Ids must be global across processes: offset by this rank's image rows.
+            groups = image_index + world_info().rank * image_features.shape[0]
         return self.loss_fn(image_features=image_features[image_index], text_features=text_features,
-                            mask=mask, logit_scale=logit_scale)
+                            mask=mask, logit_scale=logit_scale, groups=groups)
 
     def _scaled(self, loss):
         return self.scaler.scale(loss) if self.scaler is not None else loss
