@@ -100,7 +100,8 @@ def loss_table(sizes, dims, repeats, device):
                     rows.append({"method": method, "N": n, "d": d, "seconds": None, "peak_mb": None,
                                  "note": f"not run: each [N,N,d] float32 tensor is {gb:.1f} GiB"})
                     continue
-                cmd = [sys.executable, __file__, "--case", f"{method},{n},{d},{repeats},{device}"]
+                cmd = [sys.executable, __file__, "--threads", str(torch.get_num_threads()),
+                       "--case", f"{method},{n},{d},{repeats},{device}"]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True)
                 rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
                 print(f"  {method:>6} N={n:<5} d={d:<4} {rows[-1]['seconds']:.4f}s  {rows[-1]['peak_mb']:.0f} MB",
@@ -137,9 +138,11 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (1 is steadiest on a shared machine)")
     p.add_argument("--case", help=argparse.SUPPRESS)
     args = p.parse_args()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads)
     if args.case:
         method, n, d, repeats, device = args.case.split(",")
         print(json.dumps(run_loss_case(method, int(n), int(d), int(repeats), device)))
