@@ -196,6 +196,23 @@ class _FileBenchmark(Benchmark):
             return compute()
         return cache.fetch(self._feature_key("images", items, model), compute)
 
+    def _readable_images(self, data, model, preprocess, device, batch_size, allow_partial, progress, cache):
+        """Encode the images that exist and decode. Returns ``(present, features of the
+        readable ones, keep, missing, counts)``: ``keep`` indexes ``present``; ``missing`` names
+        every absent or unreadable file. Refuses a partial set unless ``allow_partial``."""
+        present, missing, counts = self._present(data)
+        if missing and not allow_partial:
+            raise IncompleteBenchmarkError(self.name, missing, counts)
+        images = [data.images[i] for i in present]
+        features, info = self._images(model, preprocess, images, device, batch_size, progress, cache)
+        failed = {int(k) for k in info["failures"]}
+        for k in sorted(failed):
+            missing.append(f"{_name_of(images[k], self.root)} (unreadable: {info['failures'][str(k)]})")
+        if failed and not allow_partial:
+            raise IncompleteBenchmarkError(self.name, missing, counts)
+        keep = [j for j in range(len(images)) if j not in failed]
+        return present, features, keep, missing, counts
+
     def _result(self, metrics, counts, missing, partial, seconds) -> dict:
         return {"benchmark": self.name, "protocol": self.protocol, "metrics": metrics, "counts": counts,
                 "partial": bool(partial), "missing": missing, "seconds": round(seconds, 2)}
@@ -213,17 +230,8 @@ class RetrievalBenchmark(_FileBenchmark):
             progress=True, feature_cache=None) -> dict:
         started = time.time()
         data: RetrievalData = self._load()
-        present, missing, counts = self._present(data)
-        if missing and not allow_partial:
-            raise IncompleteBenchmarkError(self.name, missing, counts)
-        images = [data.images[i] for i in present]
-        image_features, info = self._images(model, preprocess, images, device, batch_size, progress, feature_cache)
-        failed = {int(k) for k in info["failures"]}
-        for k in sorted(failed):
-            missing.append(f"{_name_of(images[k], self.root)} (unreadable: {info['failures'][str(k)]})")
-        if failed and not allow_partial:
-            raise IncompleteBenchmarkError(self.name, missing, counts)
-        keep = [j for j in range(len(images)) if j not in failed]
+        present, image_features, keep, missing, counts = self._readable_images(
+            data, model, preprocess, device, batch_size, allow_partial, progress, feature_cache)
         new_index = {present[j]: n for n, j in enumerate(keep)}
         text_rows = [k for k, i in enumerate(data.text_to_image) if i in new_index]
         captions = [data.captions[k] for k in text_rows]
@@ -231,7 +239,7 @@ class RetrievalBenchmark(_FileBenchmark):
         with_caption = set(t2i)
         orphans = [j for j in range(len(keep)) if j not in with_caption]
         if orphans:  # images whose captions are all missing
-            missing.extend(f"{_name_of(images[keep[j]], self.root)} (no caption)" for j in orphans)
+            missing.extend(f"{_name_of(data.images[present[keep[j]]], self.root)} (no caption)" for j in orphans)
             if not allow_partial:
                 raise IncompleteBenchmarkError(self.name, missing, counts)
             keep_rows = [j for j in range(len(keep)) if j in with_caption]
@@ -279,18 +287,9 @@ class ClassificationBenchmark(_FileBenchmark):
             progress=True, feature_cache=None) -> dict:
         started = time.time()
         data: ClassificationData = self._load()
-        present, missing, counts = self._present(data)
-        if missing and not allow_partial:
-            raise IncompleteBenchmarkError(self.name, missing, counts)
-        images = [data.images[i] for i in present]
+        present, image_features, keep, missing, counts = self._readable_images(
+            data, model, preprocess, device, batch_size, allow_partial, progress, feature_cache)
         labels = [data.labels[i] for i in present]
-        image_features, info = self._images(model, preprocess, images, device, batch_size, progress, feature_cache)
-        failed = {int(k) for k in info["failures"]}
-        for k in sorted(failed):
-            missing.append(f"{_name_of(images[k], self.root)} (unreadable: {info['failures'][str(k)]})")
-        if failed and not allow_partial:
-            raise IncompleteBenchmarkError(self.name, missing, counts)
-        keep = [j for j in range(len(images)) if j not in failed]
         def compute_classifier():
             c = build_classifier(model, tokenizer, data.classnames, self.templates, max(batch_size, 64), device,
                                  progress, with_masks=self.masked)
