@@ -133,3 +133,18 @@ def test_sigkill_then_resume_latest_ends_identical_to_an_uninterrupted_run(tmp_p
     assert [r["step"] for r in read_metrics(run_b / "metrics.jsonl", "train")] == [1, 2, 3, 4, 5]
     assert [r["loss"] for r in read_metrics(run_b / "metrics.jsonl", "train")] == \
         pytest.approx([r["loss"] for r in read_metrics(whole.run_dir / "metrics.jsonl", "train")], rel=0, abs=0)
+
+
+@pytest.mark.parametrize("objective,full_mask,expected", [("smartclip", False, True), ("smartclip", True, False),
+                                                          ("clip", False, False)])
+def test_checkpoints_say_whether_the_mask_network_was_trained(tmp_path, dataset, objective, full_mask, expected):
+    """Starting from a checkpoint whose mask network was never trained (a CLIP or Long-CLIP
+    start), only the SmartCLIP objective with a predicted mask marks its checkpoints trained."""
+    start = smartclip.create_model("smartclip-micro")
+    start.mask_trained = False
+    start_dir = smartclip.save_checkpoint(start, tmp_path / "start")
+    cfg = tiny_config(tmp_path, dataset, f"model.name={start_dir}", f"objective={objective}",
+                      f"loss.full_mask={str(full_mask).lower()}", "train.steps=1", "eval.specs=[]",
+                      *(["loss.scale=null"] if objective == "clip" else []))
+    result = train(cfg)
+    assert smartclip.load_checkpoint(result.checkpoint).mask_trained is expected

@@ -120,6 +120,8 @@ def _build_model(cfg: TrainConfig, device: torch.device):
     # parameters the objective never uses are frozen, so DDP need not search for unused ones
     uses_mask = cfg.objective == "smartclip" and not cfg.loss.full_mask
     model.mask_net.requires_grad_(uses_mask)
+    if uses_mask:  # its checkpoints carry a trained mask network; otherwise keep what was loaded
+        model.mask_trained = True
     model.logit_scale.requires_grad_(cfg.objective == "clip" and cfg.loss.scale is None)
     if cfg.train.grad_checkpointing:
         model.set_grad_checkpointing(True)
