@@ -1,6 +1,7 @@
 """Run directory, checkpoints, exact resume after SIGKILL, and the non-finite-loss stop."""
 from __future__ import annotations
 
+import math
 import signal
 import subprocess
 import sys
@@ -148,3 +149,31 @@ def test_checkpoints_say_whether_the_mask_network_was_trained(tmp_path, dataset,
                       *(["loss.scale=null"] if objective == "clip" else []))
     result = train(cfg)
     assert smartclip.load_checkpoint(result.checkpoint).mask_trained is expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_mixed_precision_run_resumes_exactly(tmp_path, dataset, precision):
+    """A whole mixed-precision run: finite losses, the fp16 loss scale logged and checkpointed,
+    and a run resumed from its step-2 checkpoint ends identical to the uninterrupted one."""
+    common = [f"train.precision={precision}", "eval.specs=[]", "checkpoint.every_steps=2", "checkpoint.keep_last=5"]
+    full = train(tiny_config(tmp_path / "full", dataset, "train.steps=4", *common))
+    records = read_metrics(Path(full.run_dir) / "metrics.jsonl", "train")
+    assert len(records) == 4 and all(math.isfinite(r["loss"]) for r in records)
+    assert all(("loss_scale" in r) == (precision == "fp16") for r in records)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_two(info):  # called after the step's checkpoint is written
+        if info.step == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(tiny_config(tmp_path / "part", dataset, "train.steps=4", *common), on_step=stop_after_two)
+    resumed = train(tiny_config(tmp_path / "part", dataset, "train.steps=4", *common, "resume=latest"))
+    assert resumed.steps == 4
+    a, _ = read_weights(full.checkpoint)
+    b, _ = read_weights(resumed.checkpoint)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
