@@ -177,3 +177,20 @@ def test_mixed_precision_run_resumes_exactly(tmp_path, dataset, precision):
     b, _ = read_weights(resumed.checkpoint)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_refuses_settings_that_change_the_computation(tmp_path, dataset):
+    first = train(tiny_config(tmp_path, dataset, "train.steps=2", "eval.specs=[]", "checkpoint.every_steps=1"))
+    assert first.steps == 2
+    changed = tiny_config(tmp_path, dataset, "train.steps=2", "eval.specs=[]", "resume=latest",
+                          "loss.align_weight=5", "optim.mask.lr=0.01", "train.progress=false")
+    with pytest.raises(ConfigError) as err:
+        train(changed)
+    message = str(err.value)
+    assert "loss.align_weight: checkpoint 10.0, now 5.0" in message
+    assert "optim.mask.lr: checkpoint 0.001, now 0.01" in message
+    assert "eval" not in message and "progress" not in message  # reporting settings may change
+    # the same settings resume (here: nothing left to do); an explicit opt-out continues anyway
+    assert train(tiny_config(tmp_path, dataset, "train.steps=2", "eval.specs=[]", "resume=latest")).steps == 2
+    changed.resume_check = False
+    assert train(changed).steps == 2

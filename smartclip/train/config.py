@@ -200,6 +200,8 @@ class TrainConfig:
     objective: Literal["smartclip", "clip"] = "smartclip"
     seed: int = 0
     resume: Optional[str] = None
+    # refuse to resume when a setting that changes the computation differs from the checkpoint's
+    resume_check: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
     data: Any = field(default_factory=_default_data_config, metadata={"type": _data_config_class})
     loss: LossConfig = field(default_factory=LossConfig)
@@ -376,6 +378,34 @@ def _check_types(obj, prefix: str):
 
 def config_to_dict(cfg) -> Dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+# settings a resumed run may change: where and how it reports, not what it computes
+RESUME_FREE_KEYS = ("run_dir", "resume", "resume_check", "train.progress", "train.plots", "train.tensorboard",
+                    "train.log_every", "train.device", "data.num_workers", "checkpoint.", "eval.")
+
+
+def _flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and value and key != "options":
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resume_differences(saved: Dict[str, Any], cfg) -> List[str]:
+    """Settings of ``cfg`` that differ from the ``saved`` config of a checkpoint and would change
+    what is computed, as ``"key: checkpoint X, now Y"``."""
+    old, new = _flatten(saved), _flatten(config_to_dict(cfg))
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        if any(key == free or (free.endswith(".") and key.startswith(free)) for free in RESUME_FREE_KEYS):
+            continue
+        if old.get(key) != new.get(key):
+            diffs.append(f"{key}: checkpoint {old.get(key)!r}, now {new.get(key)!r}")
+    return diffs
 
 
 def dump_config(cfg, path) -> Path:

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from smartclip.distributed import WorldInfo, detect_launch_env, world_info
 
 from . import checkpoints as ckpt
-from .config import ConfigError, TrainConfig, config_to_dict, dump_config
+from .config import ConfigError, TrainConfig, config_to_dict, dump_config, resume_differences
 from .monitor import RunMonitor, plot_metrics
 from .optim import build_optimizer, build_scheduler
 from .step import ContrastiveStep, build_loss
@@ -224,6 +224,12 @@ def _train(cfg: TrainConfig, world: WorldInfo, on_step) -> TrainResult:
     step, nonfinite_total, nonfinite_row, samples_seen = 0, 0, 0, 0
     if resume_from is not None:
         trainer = ckpt.load_trainer_state(resume_from)
+        diffs = resume_differences(trainer["config"], cfg) if cfg.resume_check and "config" in trainer else []
+        if diffs:
+            raise ConfigError(f"resume={resume_from}: the run would not continue the same computation; settings "
+                              "differ from the checkpoint's:\n  " + "\n  ".join(diffs) +
+                              "\nUse the checkpoint's settings (its run directory's config.yaml), or "
+                              "resume_check=false to continue anyway as a different run")
         if trainer["world_size"] != world.world_size:
             raise ConfigError(f"resume={resume_from}: written by {trainer['world_size']} process(es), this run has "
                               f"{world.world_size}; the data order and negatives would differ")
@@ -250,7 +256,8 @@ def _train(cfg: TrainConfig, world: WorldInfo, on_step) -> TrainResult:
         trainer_state = {"step": at_step, "samples_seen": samples_seen, "world_size": world.world_size,
                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "scaler": scaler.state_dict() if scaler is not None else {},
-                         "nonfinite_total": nonfinite_total, "nonfinite_in_row": nonfinite_row}
+                         "nonfinite_total": nonfinite_total, "nonfinite_in_row": nonfinite_row,
+                         "config": config_to_dict(cfg)}
         rank_state = {"rng": ckpt.rng_state(), "data": data.state_dict()}
         extra = {"training": {"step": at_step, "objective": cfg.objective, "run_dir": str(run_dir)}}
         path = ckpt.save_training_checkpoint(run_dir, at_step, model=model, trainer_state=trainer_state,
