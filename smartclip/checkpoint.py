@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -21,17 +22,18 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .model import SmartCLIP
+from .model import SmartCLIP, stretch_positional_embedding
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_config", "read_weights", "detect_format",
            "load_weights_checked", "infer_config_from_state_dict", "export", "state_dict_hash",
+           "stretch_to_model", "is_torchscript",
            "CheckpointError", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 log = logging.getLogger(__name__)
 CONFIG_NAME = "smartclip_config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
-_JIT_EXTRAS = ("input_resolution", "context_length", "vocab_size")
+_JIT_EXTRAS = ("input_resolution", "context_length", "vocab_size", "attn_mask")  # not weights
 
 
 class CheckpointError(ValueError):
@@ -117,6 +119,14 @@ def _load_torch_state_dict(path: Path) -> Dict[str, torch.Tensor]:
             obj = load_file(str(path))
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({e})") from e
+    elif is_torchscript(path):
+        # OpenAI's original CLIP files are TorchScript archives (open_clip loads them the same way)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                obj = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+        except RuntimeError as e:
+            raise CheckpointError(f"{path}: truncated or corrupt TorchScript archive ({e})") from e
     else:
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -134,14 +144,23 @@ def _load_torch_state_dict(path: Path) -> Dict[str, torch.Tensor]:
     return {k: v for k, v in obj.items() if k not in _JIT_EXTRAS}
 
 
+def is_torchscript(path) -> bool:
+    """Whether ``path`` is a TorchScript archive (as OpenAI's original CLIP files are)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(name.endswith("/constants.pkl") or "/code/" in name for name in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def _count_blocks(state, prefix: str) -> int:
     ids = {int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)}
     return max(ids) + 1 if ids else 0
 
 
 def _infer_stretch(context: int, base: int = 77) -> Tuple[int, int]:
-    if context == base:
-        return 20, 1
+    if context == base:  # an ordinary CLIP: stretched to 248 when loaded (see load_checkpoint)
+        return 20, 4
     if context == 20 + 4 * (base - 20):
         return 20, 4
     for ratio in range(2, 9):
@@ -218,8 +237,10 @@ def load_weights_checked(model: SmartCLIP, state: Dict[str, torch.Tensor], sourc
 
 
 def load_checkpoint(path, **options) -> SmartCLIP:
-    """Load one of our checkpoints, or a released SmartCLIP / Long-CLIP ``.pt`` file
-    (architecture inferred from the tensors, fp16 converted to fp32, ``weights_only``)."""
+    """Load one of our checkpoints, a released SmartCLIP / Long-CLIP ``.pt`` file, or an
+    ordinary OpenAI-layout CLIP file (its 77 positions stretched; TorchScript archives such
+    as OpenAI's originals too): architecture inferred from the tensors, fp16 converted to
+    fp32, ``weights_only`` unpickling."""
     from .factory import build_model
 
     cfg = read_config(path)
@@ -227,10 +248,22 @@ def load_checkpoint(path, **options) -> SmartCLIP:
     model = build_model(cfg["model_cfg"], opts, model_name=cfg.get("model_name", "custom"),
                         preprocess_cfg=cfg.get("preprocess_cfg"))
     state, mask_trained = read_weights(path)
+    stretch_to_model(state, model)
     load_weights_checked(model, state, source=str(path))
     model.mask_trained = mask_trained
     model.checkpoint_path = str(path)
     return model
+
+
+def stretch_to_model(state: Dict[str, torch.Tensor], model: SmartCLIP) -> Dict[str, torch.Tensor]:
+    """An ordinary CLIP state dict (77 positions) gets the model's stretched positional tables,
+    as ``create_model`` does for open_clip checkpoints; anything else is left alone."""
+    pos = state.get("positional_embedding")
+    expected = model.keep + model.ratio * (pos.shape[0] - model.keep) if pos is not None and model.ratio > 1 else None
+    if pos is not None and pos.shape[0] != model.context_length and expected == model.context_length:
+        stretched = stretch_positional_embedding(pos, model.keep, model.ratio)
+        state["positional_embedding"], state["positional_embedding_res"] = stretched, stretched.clone()
+    return state
 
 
 # ---------------------------------------------------------------------------------- export

@@ -129,13 +129,15 @@ def create_model(name: str, pretrained: Optional[str] = None, *, device="cpu", p
         model = build_model(model_cfg, opts, model_name=name)
     elif os.path.exists(pretrained):
         kind = ckpt.detect_format(pretrained)
-        if kind == "open_clip":
+        if kind == "open_clip" and not ckpt.is_torchscript(pretrained):
             clip = CLIP(**copy.deepcopy(model_cfg))
-            open_clip.load_checkpoint(clip, pretrained, strict=True)
+            open_clip.load_checkpoint(clip, pretrained, strict=True)  # also converts third-party layouts
             model = _wrap(clip, model_cfg, opts, name, None)
-        else:  # our checkpoint or a released SmartCLIP / Long-CLIP file: load into this architecture
+            model.mask_trained = False
+        else:  # ours, a released SmartCLIP / Long-CLIP file, or a TorchScript CLIP: into this architecture
             model = build_model(model_cfg, opts, model_name=name)
             state, mask_trained = ckpt.read_weights(pretrained)
+            ckpt.stretch_to_model(state, model)
             ckpt.load_weights_checked(model, state, source=pretrained)
             model.mask_trained = mask_trained
     else:

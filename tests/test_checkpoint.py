@@ -185,3 +185,49 @@ def test_load_accepts_every_kind_of_source(tmp_path, micro_model):
         assert tokenizer.context_length == 248 and not model.training
     model, _, _ = smartclip.load("smartclip-micro")
     assert model.embed_dim == 32
+
+
+@pytest.mark.parametrize("kind", ["state_dict", "torchscript"])
+def test_ordinary_clip_files_load_stretched(tmp_path, images, kind):
+    """An OpenAI-layout CLIP file with 77 positions (a plain state dict, or a TorchScript
+    archive like OpenAI's originals) loads by itself and by architecture name, stretched to 248."""
+    # heads 64 wide, as in every OpenAI CLIP: the file does not record the head count
+    cfg = smartclip.get_model_config("smartclip-micro")
+    cfg["vision_cfg"]["head_width"], cfg["text_cfg"]["heads"] = 64, cfg["text_cfg"]["width"] // 64
+    torch.manual_seed(0)
+    clip = open_clip.model.CLIP(**cfg).eval()
+    path = tmp_path / f"clip_{kind}.pt"
+    if kind == "torchscript":
+        torch.jit.script(clip).save(str(path))
+    else:
+        torch.save(clip.state_dict(), path)
+    assert detect_format(path) == "open_clip"
+    short = ["a photo of an astronaut", "a cat"]
+    expected_text = clip.encode_text(open_clip.tokenizer.SimpleTokenizer()(short, context_length=77))
+    by_name = smartclip.build_model(cfg)  # the architecture given, weights from the file
+    state, _ = smartclip.checkpoint.read_weights(path)
+    smartclip.checkpoint.load_weights_checked(by_name, smartclip.checkpoint.stretch_to_model(state, by_name))
+    for model in (smartclip.load_checkpoint(path), by_name):
+        model.eval()
+        assert model.context_length == 248
+        torch.testing.assert_close(model.positional_embedding,
+                                   smartclip.stretch_positional_embedding(clip.positional_embedding.detach()))
+        batch, _ = _inputs(model, images)
+        with torch.no_grad():
+            torch.testing.assert_close(model.encode_image(batch), clip.encode_image(batch), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(model.encode_text(smartclip.get_tokenizer(model)(short)), expected_text,
+                                       rtol=1e-5, atol=1e-5)
+    assert not smartclip.load_checkpoint(path).mask_trained
+
+
+def test_torchscript_file_by_architecture_name(tmp_path):
+    torch.manual_seed(0)
+    clip = open_clip.model.CLIP(**smartclip.get_model_config("smartclip-micro")).eval()
+    path = tmp_path / "clip.pt"
+    torch.jit.script(clip).save(str(path))
+    model = smartclip.create_model("smartclip-micro", pretrained=str(path)).eval()
+    tokens = open_clip.tokenizer.SimpleTokenizer()(["a cat"], context_length=77)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_text(smartclip.get_tokenizer(model)(["a cat"])),
+                                   clip.encode_text(tokens), rtol=1e-5, atol=1e-5)
+    assert not model.mask_trained
