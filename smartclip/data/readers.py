@@ -21,6 +21,15 @@ SHAREGPT4V_EVAL_SIZE = 1000  # records [:1000] of the ShareGPT4V json are the he
 Event = Tuple[str, str, str]
 
 
+
+def _keep_if_readable(image, caption, source, n, where, check_files, good, bad):
+    """Append the record to ``good``, or its file problem to ``bad`` (when files are checked)."""
+    problem = check_file(image) if check_files else None
+    if problem:
+        bad.append((problem[0], where, f"{image}: {problem[1]}"))
+    else:
+        good.append(Record(image, caption, source, n))
+
 def check_file(path: str) -> Optional[Tuple[str, str]]:
     """``(kind, detail)`` when the image file is missing or empty, else ``None``."""
     try:
@@ -68,13 +77,7 @@ def read_csv(path: str, *, image_key: str = "filepath", caption_key: str = "titl
             except BadCaption as e:
                 bad.append((e.kind, where, f"field {caption_key!r}" + (f": {e.detail}" if e.detail else "")))
                 continue
-            image = os.path.join(root, row[ii].strip())
-            if check_files:
-                problem = check_file(image)
-                if problem:
-                    bad.append((problem[0], where, f"{image}: {problem[1]}"))
-                    continue
-            good.append(Record(image, caption, path, n))
+            _keep_if_readable(os.path.join(root, row[ii].strip()), caption, path, n, where, check_files, good, bad)
     return good, bad
 
 
@@ -153,13 +156,8 @@ def scan_sharegpt4v(json_path: str, image_roots=None, *, check_files: bool = Tru
         except BadCaption as e:
             bad.append((e.kind, where, "conversations[gpt].value" + (f": {e.detail}" if e.detail else "")))
             continue
-        path = _resolve(image.strip(), roots, default_root)
-        if check_files:
-            problem = check_file(path)
-            if problem:
-                bad.append((problem[0], where, f"{path}: {problem[1]}"))
-                continue
-        good.append(Record(path, caption, json_path, n))
+        _keep_if_readable(_resolve(image.strip(), roots, default_root), caption, json_path, n, where, check_files,
+                          good, bad)
     return good, bad
 
 

@@ -12,7 +12,7 @@ import json
 import pickle
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -288,6 +288,16 @@ def load_retrieval_csv(path: Path) -> RetrievalData:
 
 
 # ---------------------------------------------------------------------- classification
+def _class_folder_images(folders) -> Tuple[List[Path], List[int]]:
+    """Image files of each class folder, labelled by the folder's position."""
+    images, labels = [], []
+    for label, folder in enumerate(folders):
+        files = _image_files(folder)
+        images.extend(files)
+        labels.extend([label] * len(files))
+    return images, labels
+
+
 def _image_files(folder: Path) -> List[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
@@ -301,11 +311,7 @@ def load_imagenet(root: Path, split: str = "val") -> ClassificationData:
     if len(folders) != len(names):
         raise DatasetFormatError(f"{base}: expected {len(names)} class folders (one per WordNet id, e.g. "
                                  f"n01440764), found {len(folders)}")
-    images, labels = [], []
-    for label, folder in enumerate(folders):
-        files = _image_files(folder)
-        images.extend(files)
-        labels.extend([label] * len(files))
+    images, labels = _class_folder_images(folders)
     return ClassificationData(images, labels, names)
 
 
@@ -401,11 +407,7 @@ def load_class_folders(root: Path, classnames: Optional[str] = None) -> Classifi
         else:
             raise DatasetFormatError(f"{names_file}: {len(lines)} names for {len(folders)} class folders (one name "
                                      f"per line in sorted folder order, or 'folder<TAB>name' lines)")
-    images, labels = [], []
-    for label, folder in enumerate(folders):
-        files = _image_files(folder)
-        images.extend(files)
-        labels.extend([label] * len(files))
+    images, labels = _class_folder_images(folders)
     if not images:
         raise DatasetFormatError(f"{root}: class folders hold no images ({', '.join(IMAGE_SUFFIXES)})")
     return ClassificationData(images, labels, names)
