@@ -111,10 +111,8 @@ def evaluate_generation(generated_dir, reference_dir, *, inception_weights=None,
     square = lambda p: square_image(p, FIDELITY_SIZE)  # noqa: E731
     crop = f"every image centre-cropped to a square and resized to {FIDELITY_SIZE} px (bicubic)"
 
-    needed = sorted({name for name, wanted in (("inception", inception_weights),
-                                               (prc_features, weights[prc_features])) if wanted})
-    features = {}
-    for name in needed + (["dinov2"] if dinov2 else []):
+    features = {}  # extractor name -> (generated features, reference features)
+    for name in sorted({n for n in ("inception", prc_features) if weights[n]}) + (["dinov2"] if dinov2 else []):
         extract = DINOv2Features(dinov2, device) if name == "dinov2" else FidelityFeatures(name, weights[name], device)
         load = _open_rgb if name == "dinov2" else square
         with tqdm(total=2 * len(pairs), unit="image", desc=f"{name} features", disable=not progress) as bar:
@@ -122,7 +120,7 @@ def evaluate_generation(generated_dir, reference_dir, *, inception_weights=None,
                               _features(extract, reference, load, batch_size, bar))
         del extract
 
-    if "inception" in features and inception_weights:
+    if "inception" in features:
         result = kid(*features["inception"], subsets=kid_subsets, subset_size=kid_subset_size, seed=kid_seed)
         metrics.update(kid=result["kid"], kid_std=result["kid_std"])
         protocols["kid"] = (
@@ -132,7 +130,7 @@ def evaluate_generation(generated_dir, reference_dir, *, inception_weights=None,
             f"(seed {kid_seed}); {crop}; raw value, not scaled by 100 or 1000")
     else:
         not_computed["kid"] = "no Inception-v3 weights given"
-    if prc_features in features and weights[prc_features]:
+    if prc_features in features:
         result = precision_recall(*features[prc_features], k=k)
         metrics.update(precision=result["precision"], recall=result["recall"], f1=result["f1"])
         layer = FIDELITY_EXTRACTORS[prc_features]
