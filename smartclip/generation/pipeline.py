@@ -93,8 +93,9 @@ class LongPromptSDXL:
     @classmethod
     def from_pretrained(cls, model, sdxl_dir, *, refiner_dir=None, bigg_checkpoint=None, bigg_arch="ViT-bigG-14",
                         layer: str = "final", device="cpu", dtype=torch.float32, variant=None):
-        """``model``: a SmartCLIP (e.g. from ``smartclip.load``); bigG from ``bigg_checkpoint``
-        (an open_clip file) or else from ``sdxl_dir/text_encoder_2``, stretched to 248."""
+        """``model``: a SmartCLIP (e.g. from ``smartclip.load``; moved to ``device`` and ``dtype``
+        in place); bigG from ``bigg_checkpoint`` (an open_clip file) or else from
+        ``sdxl_dir/text_encoder_2``, stretched to 248."""
         base, refiner = load_sdxl(sdxl_dir, refiner_dir, dtype=dtype, variant=variant)
         if bigg_checkpoint:
             precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
@@ -116,7 +117,8 @@ class LongPromptSDXL:
         return self.encoder.encode([negative_prompt or ""] * len(positive.token_counts))
 
     def __call__(self, texts: Sequence[str], seeds: Sequence[int], settings: GenerationSettings):
-        """PIL images for ``texts``, image ``i`` drawn from a generator seeded with ``seeds[i]``."""
+        """``(PIL images, PromptEmbeddings)`` for ``texts``; image ``i`` is drawn from a generator
+        seeded with ``seeds[i]``."""
         embeddings = self.encoder.encode(texts)
         negative = self._negatives(self.base, embeddings, settings.negative_prompt)
         common = dict(num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
