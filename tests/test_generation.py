@@ -1,7 +1,6 @@
 """smartclip generate: prompt embeddings from SmartCLIP + stretched bigG into a tiny SDXL, on the CPU."""
 import contextlib
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
