@@ -292,6 +292,7 @@ def _drop_from_shard(shard, keys):
     return removed
 
 
+@pytest.mark.slow
 def test_wds_bad_input_is_counted_by_kind_and_partial_scores_only_when_allowed(tmp_path, micro_model):
     good = tmp_path / "wds_good"
     write_wds(good, 24, shards=3)
@@ -387,6 +388,7 @@ def test_protocol_size_is_checked(tmp_path, micro_model):
         evaluate(micro_model, [spec], progress=False, options={spec: {"expected_images": 5}})
 
 
+@pytest.mark.slow
 def test_imagenetv2_accepts_the_archive_folder_and_partial_sets_without_downloading(tmp_path, micro_model):
     from clip_benchmark_fixtures import digit
     folder = tmp_path / "imagenetv2-matched-frequency-format-val"

@@ -4,6 +4,8 @@ A dataset only has to produce a :class:`RetrievalData` or :class:`Classification
 (files and labels in its own published layout, see ``datasets.py``); the runners do the
 rest the same way for every dataset: check that every file is there, encode once
 (through the feature cache), score, and report counts, missing files and the protocol.
+Datasets that CLIP_benchmark constructs have their own runner (``clip_benchmark.py``),
+sharing the classifier (:func:`cached_classifier`), the metrics and the reporting.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from .metrics import retrieval_recall
 from .zeroshot import build_classifier, classify, openai_templates
 
 __all__ = ["Benchmark", "RetrievalBenchmark", "ClassificationBenchmark", "RetrievalData", "ClassificationData",
-           "FeatureCache", "DatasetNotFoundError", "DatasetFormatError", "IncompleteBenchmarkError", "cached_classifier"]
+           "FeatureCache", "DatasetNotFoundError", "DatasetFormatError", "IncompleteBenchmarkError",
+           "cached_classifier"]
 
 MAX_LISTED = 20  # missing names quoted in an error message (all of them go into the result)
 

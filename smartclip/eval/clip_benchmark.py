@@ -41,7 +41,7 @@ from .encode import encode_dataset
 from .zeroshot import classify, classify_multilabel, openai_templates
 
 __all__ = ["CBDataset", "CLIP_BENCHMARK_DATASETS", "PAPER_TABLE3", "PAPER_ZEROSHOT", "ClipBenchmarkClassification",
-           "clip_benchmark_version", "torchvision_folder", "wds_folder"]
+           "clip_benchmark_version", "paper_row", "torchvision_folder", "wds_folder"]
 
 CB_SOURCE = "https://github.com/LAION-AI/CLIP_benchmark"
 
@@ -174,6 +174,14 @@ PAPER_TABLE3 = {  # id: (SmartCLIP, CLIP, Long-CLIP)
 PAPER_ZEROSHOT = tuple(PAPER_TABLE3)
 PAPER_MODELS = ("SmartCLIP ViT-L/14", "CLIP ViT-L/14", "Long-CLIP ViT-L/14")
 PAPER_SOURCE = "SmartCLIP (CVPR 2025) Table 3: ViT-L/14, zero-shot with CLIP_benchmark"
+
+def paper_row(dataset_id: str) -> Optional[dict]:
+    """The paper's Table 3 numbers for a CLIP_benchmark id, as results carry them (None if absent)."""
+    if dataset_id not in PAPER_TABLE3:
+        return None
+    metric = "mAP" if CLIP_BENCHMARK_DATASETS[dataset_id].multilabel else "top1"
+    return {"source": PAPER_SOURCE, "metric": metric, **dict(zip(PAPER_MODELS, PAPER_TABLE3[dataset_id]))}
+
 
 METRICS = ("top-1 and top-5 accuracy (ties count against the model; CLIP_benchmark's topk breaks them in kernel "
            "order), mean per-class recall (CLIP_benchmark's mean_per_class_recall)")
@@ -420,9 +428,8 @@ class ClipBenchmarkClassification(_FileBenchmark):
                               "layout": self.layout, "read_as": source["read_as"], "classnames": classnames,
                               "templates": templates, "metric": "mAP" if self.info.multilabel else "top1",
                               "notes": source["notes"]}
-        if self.dataset_id in PAPER_TABLE3:
-            result["paper"] = {"source": PAPER_SOURCE, "metric": "mAP" if self.info.multilabel else "top1",
-                               **dict(zip(PAPER_MODELS, PAPER_TABLE3[self.dataset_id]))}
+        if paper_row(self.dataset_id):
+            result["paper"] = paper_row(self.dataset_id)
         return result
 
     def _templates(self, ds) -> List[str]:
@@ -462,6 +469,8 @@ class ClipBenchmarkClassification(_FileBenchmark):
             present = sorted(set(present) - set(absent))
         if self.dataset_id != "imagenetv2":
             self._size_check(len(ds), problems, missing)
+        if missing and not allow_partial:  # before any encoding
+            raise IncompleteBenchmarkError(self.name, missing, {"images_listed": len(ds), "problems": dict(problems)})
         fingerprint = files if files is not None else _walk_stats(self.root, self.info.required)
         return {"dataset": ds, "indices": present, "files": files, "problems": problems, "missing": missing,
                 "fingerprint": [build_name, *fingerprint], "notes": notes,
@@ -471,10 +480,10 @@ class ClipBenchmarkClassification(_FileBenchmark):
         try:
             inv = wds.inventory(self.root)
         except DatasetNotFoundError as exc:
+            published = f"https://huggingface.co/datasets/clip-benchmark/{wds_folder(self.dataset_id)}"
             raise DatasetNotFoundError(
-                f"{self.name}: {exc}\nPublished at: https://huggingface.co/datasets/clip-benchmark/{wds_folder(self.dataset_id)}"
-                f"\nNothing is downloaded; give the root as '{self.name}:PATH' or put it at <data root>/{self.folder}."
-            ) from None
+                f"{self.name}: {exc}\nPublished at: {published}\nNothing is downloaded; give the root as "
+                f"'{self.name}:PATH' or put it at <data root>/{self.folder}.") from None
         return self._wds_source(inv, allow_partial, stack)
 
     def _wds_source(self, inv: wds.WdsInventory, allow_partial: bool, stack: contextlib.ExitStack) -> dict:

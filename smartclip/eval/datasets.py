@@ -321,9 +321,6 @@ def _image_files(folder: Path) -> List[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-IMAGENET_V2_FOLDER = "imagenetv2-matched-frequency-format-val"  # the folder its archive extracts to
-
-
 def load_class_folders(root: Path, classnames: Optional[str] = None) -> ClassificationData:
     """One sub-folder per class (sorted). Class names: ``classnames`` file (or
     ``<root>/classnames.txt`` when present) with one name per line in sorted-folder order,

@@ -25,8 +25,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import datasets as ds
 from .benchmark import (Benchmark, ClassificationBenchmark, DatasetNotFoundError, RetrievalBenchmark)
-from .clip_benchmark import (CLIP_BENCHMARK_DATASETS, PAPER_MODELS, PAPER_SOURCE, PAPER_TABLE3, PAPER_ZEROSHOT,
-                             ClipBenchmarkClassification, torchvision_folder, wds_folder)
+from .clip_benchmark import (CLIP_BENCHMARK_DATASETS, PAPER_ZEROSHOT, ClipBenchmarkClassification, paper_row,
+                             torchvision_folder, wds_folder)
 from .wds import WDS_LAYOUT
 
 __all__ = ["register_benchmark", "list_benchmarks", "get_benchmark", "describe_benchmarks", "resolve_root",
@@ -119,8 +119,8 @@ PAPER_BENCHMARKS = (
         {"dataset": "imagenet1k"}),
     DatasetSpec(
         "imagenet-v2", "classification", None, "imagenetv2", "SMARTCLIP_IMAGENET_V2_ROOT",
-        f"{ds.IMAGENET_V2_FOLDER}/<class index 0..999>/*.jpeg (as extracted; CLIP_benchmark's name for it, "
-        f"ImageNetV2-matched-frequency/, works too)",
+        "imagenetv2-matched-frequency-format-val/<class index 0..999>/*.jpeg (as extracted; CLIP_benchmark's name "
+        "for it, ImageNetV2-matched-frequency/, works too)",
         "https://huggingface.co/datasets/vaishaal/ImageNetV2 (imagenetv2-matched-frequency.tar.gz)",
         "ImageNet-V2 matched-frequency: 10,000 images, 1,000 classes, OpenAI class names (the released scripts' "
         "protocol)", 10000, {"dataset": "imagenetv2"}),
@@ -228,13 +228,10 @@ def expand_suites(specs: Sequence[str], root: Optional[str] = None) -> Tuple[Lis
 
 def absent_result(spec: str, looked_for: str) -> dict:
     """The result of a suite member with no data, run with partial results allowed."""
-    dataset_id = spec.split("/")[-1]
     result = {"benchmark": spec, "protocol": "not run: no data", "metrics": {}, "counts": {}, "partial": True,
               "missing": [looked_for], "seconds": 0.0}
-    if dataset_id in PAPER_TABLE3:
-        result["paper"] = {"source": PAPER_SOURCE, "metric": "mAP" if dataset_id == "voc2007_multilabel" else "top1",
-                           **dict(zip(PAPER_MODELS, PAPER_TABLE3[dataset_id]))}
-    return result
+    paper = paper_row(spec.split(":")[0].split("/")[-1])
+    return {**result, "paper": paper} if paper else result
 
 
 def get_benchmark(spec: str, root: Optional[str] = None, **options) -> Benchmark:

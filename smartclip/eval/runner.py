@@ -40,7 +40,8 @@ def evaluate(model, specs: Sequence[str], *, root=None, device="cpu", batch_size
              options: Optional[Dict[str, dict]] = None, model_label: Optional[str] = None,
              num_workers: int = 0, feature_cache: Optional[FeatureCache] = None) -> Dict[str, dict]:
     """Evaluate ``model`` on each benchmark spec (see :func:`get_benchmark`; a suite name such as
-    ``paper-zeroshot`` stands for its members) and return ``{spec: result}``. The model is put in eval mode and restored afterwards (the training
+    ``paper-zeroshot`` stands for its members, and ``options`` for it apply to each) and return
+    ``{spec: result}``. The model is put in eval mode and restored afterwards (the training
     loop calls this). Features are cached per model weights (``state_dict_hash``) and
     benchmark inputs, in memory and under ``cache_dir`` when given. With ``out_dir``,
     writes ``eval_<hash>.json`` and ``eval_<hash>.md``. ``options[spec]`` holds extra
