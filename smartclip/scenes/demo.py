@@ -50,7 +50,7 @@ DEMO_MODEL = {"base": "smartclip-tiny", "vision_cfg": {"layers": [1, 1, 1, 1], "
 
 # the shipped base model and the SHA-256 of its model.safetensors (rebuild: docs/demo.md)
 BASE_DIR = Path(__file__).parent / "base"
-BASE_SHA256 = "to be filled by build"
+BASE_SHA256 = "ffc956b8fc94b047ee3bb7b6c5f168ece7424363145632c6b17d05e5fd882bb9"
 
 
 @dataclass
