@@ -30,6 +30,7 @@ from .model import SmartCLIP, stretch_positional_embedding
 __all__ = ["save_checkpoint", "load_checkpoint", "read_config", "read_weights", "detect_format",
            "load_weights_checked", "infer_config_from_state_dict", "export", "state_dict_hash",
            "stretch_to_model", "is_torchscript", "find_checkpoint", "missing_path_message", "save_tensors",
+           "set_default_file_mode",
            "CheckpointError", "ModelNotFoundError", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 log = logging.getLogger(__name__)
@@ -134,11 +135,16 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
-def save_tensors(tensors: Dict[str, torch.Tensor], path, metadata: Optional[dict] = None) -> Path:
-    """safetensors' ``save_file``, with the file given the mode every other file gets (it
-    creates its files readable by their owner only)."""
-    save_file(tensors, str(path), metadata=metadata)
+def set_default_file_mode(path):
+    """Give ``path`` the mode every other file the project writes gets. safetensors (also
+    inside transformers' ``save_pretrained``) creates its files readable by their owner only."""
     os.chmod(path, _file_mode())
+
+
+def save_tensors(tensors: Dict[str, torch.Tensor], path, metadata: Optional[dict] = None) -> Path:
+    """safetensors' ``save_file``, the file with the usual mode (see :func:`set_default_file_mode`)."""
+    save_file(tensors, str(path), metadata=metadata)
+    set_default_file_mode(path)
     return Path(path)
 
 

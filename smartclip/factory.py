@@ -64,7 +64,8 @@ def get_model_config(name: str) -> dict:
         raise ModelNotFoundError(f"{name!r} is an open_clip model whose text tower smartclip cannot extend (a "
                                  f"custom or Hugging Face text model); `smartclip models` lists the {len(valid)} "
                                  "it can")
-    close = difflib.get_close_matches(name, valid, n=4, cutoff=0.5)
+    by_lower = {n.lower(): n for n in valid}  # "vit-b-16" is closest to "ViT-B-16"
+    close = [by_lower[n] for n in difflib.get_close_matches(name.lower(), list(by_lower), n=4, cutoff=0.5)]
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ModelNotFoundError(f"Unknown model name {name!r}.{hint} (`smartclip models` lists all {len(valid)}; "
                              "a checkpoint path works too)")

@@ -121,3 +121,22 @@ def test_load_accepts_checkpoints_released_files_and_names(tmp_path):
     assert model.embed_dim == 32 and tokenizer.context_length == 248
     with pytest.raises(ValueError, match="tags"):
         smartclip.load("smartclip-micro:no-such-tag")
+
+
+@pytest.mark.slow  # the Hugging Face export takes a few seconds
+def test_weight_files_get_the_mode_of_every_other_file(tmp_path):
+    """safetensors writes 0600; our checkpoints and exports follow the umask like other files."""
+    import os
+    import smartclip
+    model = smartclip.create_model("smartclip-micro")
+    old = os.umask(0o027)
+    try:
+        smartclip.save_checkpoint(model, tmp_path / "ours")
+        smartclip.export(model, tmp_path / "open_clip")
+        smartclip.export(model, tmp_path / "hf", format="hf")
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(tmp_path)): p.stat().st_mode & 0o777 for p in tmp_path.rglob("*") if p.is_file()}
+    assert {p for p in modes if p.endswith(".safetensors")} >= {
+        "ours/model.safetensors", "open_clip/open_clip_model.safetensors", "hf/model.safetensors"}
+    assert set(modes.values()) == {0o640}, modes
