@@ -135,7 +135,7 @@ class RunMonitor:
         summary = ", ".join(f"{spec}: " + " ".join(f"{k}={v:.4g}" for k, v in vals.items()
                                                   if isinstance(v, (int, float)))
                             for spec, vals in metrics.items())
-        self.message(f"step {step} eval: {summary}")
+        self.message(f"step {step} eval (percent): {summary}")  # every metric smartclip.eval reports is a percentage
 
     def event(self, step: int, name: str, **details):
         if not self.enabled:
