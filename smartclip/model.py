@@ -229,6 +229,29 @@ class SmartCLIP(nn.Module):
             pooled = pooled @ self.text_projection
         return pooled, sequence
 
+    def text_token_features(self, tokens: torch.Tensor, hidden_state: Optional[int] = None
+                            ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(projected EOT features [B, embed_dim], per-token features [B, context, width]) over
+        the whole context, padding included (what a diffusion model's cross-attention reads).
+        ``hidden_state=None``: the final-LayerNorm output (Long-CLIP's choice); an index ``i``
+        into (embeddings, output of block 1, ..., output of block n), before any norm, as Hugging
+        Face's ``hidden_states[i]``: ``-2`` is the penultimate layer (diffusers' SDXL choice)."""
+        if hidden_state is None:
+            return self._text_tower(tokens, trim=False)
+        blocks = self.transformer.resblocks
+        index = range(len(blocks) + 1)[hidden_state]  # IndexError names a bad index
+        captured = []
+        if index < len(blocks):  # the input of block ``index``
+            hook = blocks[index].register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+        else:
+            hook = blocks[-1].register_forward_hook(lambda m, args, out: captured.append(out))
+        try:
+            pooled, _ = self._text_tower(tokens, trim=False)
+        finally:
+            hook.remove()
+        sequence = captured[0] if self.transformer.batch_first else captured[0].transpose(0, 1)
+        return pooled, sequence
+
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False, trim: bool = True) -> torch.Tensor:
         """Text embeddings. ``trim`` drops padding after the longest text (same values)."""
         features, _ = self._text_tower(tokens, trim=trim)

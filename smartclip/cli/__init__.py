@@ -23,6 +23,8 @@ COMMANDS = {
     "masks": ("masks", "show which embedding dimensions captions select"),
     "export": ("export", "export a model to open_clip or Hugging Face format"),
     "serve": ("serve", "serve a search page over an index on loopback"),
+    "generate": ("generate", "SDXL images from long prompts, SmartCLIP as the text encoder"),
+    "eval-generation": ("eval_generation", "KID, precision / recall, DINO-L of generated images"),
 }
 
 

@@ -2,6 +2,7 @@
 
     smartclip eval --list
     smartclip eval --model ViT-B-16:openai --benchmarks coco urban1k --data-root /data --out runs/eval
+    smartclip eval --model ViT-L-14:openai --benchmarks paper-zeroshot --data-root /data --out runs/table3
     smartclip eval --compare runs/a/eval_<hash>.json runs/b/eval_<hash>.json
 """
 from __future__ import annotations
@@ -16,7 +17,8 @@ import yaml
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="checkpoint path (ours or a released .pt) or model name[:pretrained tag]")
     parser.add_argument("--benchmarks", "-b", nargs="+", metavar="SPEC",
-                        help="benchmark specs: a name (see --list), NAME:ROOT, retrieval:CSV, classification:DIR, "
+                        help="benchmark specs: a name (see --list), NAME:ROOT, a suite (paper-zeroshot), "
+                             "clip_benchmark/ID, clip_benchmark/wds/ID, retrieval:CSV, classification:DIR, "
                              "scenes:DIR")
     parser.add_argument("--data-root", default=None,
                         help="folder holding each dataset in its default sub-folder (default: $SMARTCLIP_DATA)")
@@ -59,10 +61,13 @@ def _parse_settings(settings, specs) -> dict:
 
 
 def _list() -> int:
-    from smartclip.eval import PAPER_BENCHMARKS, describe_benchmarks
+    from smartclip.eval import PAPER_BENCHMARKS, SUITES, describe_benchmarks
+    from smartclip.eval.clip_benchmark import METRICS, MULTILABEL_METRIC, PAPER_SOURCE
     from smartclip.eval.registry import DATA_ROOT_ENV
+    from smartclip.eval.wds import WDS_LAYOUT
     paper = {s.name: s for s in PAPER_BENCHMARKS}
-    for info in describe_benchmarks():
+    infos = describe_benchmarks()
+    for info in (i for i in infos if i.group != "clip_benchmark"):
         shown = f"{info.name}:{'PATH' if info.name == 'retrieval' else 'DIR'}" if info.prefix else info.name
         print(shown)
         print(f"    protocol: {info.description}")
@@ -71,6 +76,19 @@ def _list() -> int:
             print(f"    data:     ${s.env} or ${DATA_ROOT_ENV}/{s.folder} or {s.name}:PATH")
             print(f"    layout:   {s.layout}")
             print(f"    source:   {s.source}")
+    for name, members in SUITES.items():
+        print(f"{name}  (suite; {name}:DATA_ROOT)")
+        print(f"    {PAPER_SOURCE}, with the paper's numbers beside ours: {', '.join(members)}; each read from "
+              f"DATA_ROOT/wds_<id> (WebDataset layout) or else DATA_ROOT/<id> (torchvision layout)")
+    print("\nCLIP_benchmark zero-shot classification (dataset, class names and templates from CLIP_benchmark; "
+          f"{METRICS}; {MULTILABEL_METRIC} for voc2007_multilabel). Data: NAME:PATH or ${DATA_ROOT_ENV}/<folder>; "
+          f"nothing is downloaded. Every clip_benchmark/wds/<id> reads the WebDataset layout: {WDS_LAYOUT}")
+    for info in (i for i in infos if i.group == "clip_benchmark"):
+        if info.layout == WDS_LAYOUT:
+            print(f"{info.name}    (folder {info.folder}, WebDataset layout)")
+        else:
+            print(f"{info.name}    (folder {info.folder})")
+            print(f"    layout:   {info.layout}")
     return 0
 
 
@@ -115,8 +133,9 @@ def run(args) -> int:
             model, args.benchmarks, root=args.data_root, device=args.device, batch_size=args.batch_size,
             out_dir=args.out, allow_partial=args.allow_partial, progress=not args.no_progress,
             cache_dir=args.cache_dir, options=options, model_label=args.model, num_workers=args.workers)
-    except (DatasetNotFoundError, DatasetFormatError, IncompleteBenchmarkError, KeyError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (DatasetNotFoundError, DatasetFormatError, IncompleteBenchmarkError, KeyError, ValueError,
+            ImportError) as exc:
+        print(f"error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
         return 2
     record = run_record(model, results, smartclip.state_dict_hash(model), args.model, args.device)
     print(markdown_table(record))
