@@ -61,7 +61,8 @@ def main() -> None:
     for _ in range(args.repeats):
         for label, cmd in rows.items():
             start = time.perf_counter()
-            subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(cmd, env=env, cwd=args.repo, check=True,  # -m looks in the current folder first
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             times[label].append(time.perf_counter() - start)
 
     baseline = statistics.median(times["python -c 'import torch' (baseline)"])

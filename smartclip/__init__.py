@@ -68,4 +68,3 @@ def load(path_or_name: str, device="cpu", **options):
         model = create_model(name, pretrained=pretrained, device=device, **options)
     model.eval()
     return model, image_transform(model, train=False), get_tokenizer(model)
-

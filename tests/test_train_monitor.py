@@ -29,6 +29,16 @@ def test_off_a_terminal_progress_is_a_line_each_tenth(tmp_path, monkeypatch, log
     assert "\r" not in capsys.readouterr().err + monitor_module.sys.stderr.getvalue()
 
 
+def test_off_a_terminal_logged_steps_that_jump_over_a_tenth_still_report_it(tmp_path, monkeypatch, log_lines):
+    monkeypatch.setattr(monitor_module.sys, "stderr", io.StringIO())
+    mon = RunMonitor(tmp_path, total_steps=40, tensorboard=False)  # a tenth: 4 steps
+    for step in [*range(3, 40, 3), 40]:  # train.log_every=3: 3, 6, 9, ... never 8, 16, 20, 28, 32
+        mon.train_step(step, {"loss": 1.0}, advance=3)
+    mon.close()
+    # one line for each tenth passed since the previous logged step, and the last step
+    assert [int(line.split("/")[0].split()[1]) for line in log_lines()] == [6, 9, 12, 18, 21, 24, 30, 33, 36, 40]
+
+
 def test_off_a_terminal_a_slow_run_still_reports_each_minute(tmp_path, monkeypatch, log_lines):
     monkeypatch.setattr(monitor_module.sys, "stderr", io.StringIO())
     clock = [0.0]

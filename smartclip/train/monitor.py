@@ -2,9 +2,9 @@
 
 Progress is a bar on a terminal; written to a file or a pipe (a cluster log, ``> log``) it
 is a plain log line every tenth of the run or minute instead, not a carriage-return
-update per step. Only the main process writes. Every line of ``metrics.jsonl`` is one JSON object with a
-``kind``: ``train`` (per logged step), ``eval`` (periodic evaluation) or ``event``
-(start, resume, skipped non-finite step, stop).
+update per step. Only the main process writes. Every line of ``metrics.jsonl`` is one JSON
+object with a ``kind``: ``train`` (per logged step), ``eval`` (periodic evaluation) or
+``event`` (start, resume, skipped non-finite step, stop).
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ class RunMonitor:
         self._line_every = max(1, math.ceil(total_steps * line_fraction))
         self._line_seconds = line_seconds
         self._start_time = self._last_line = time.monotonic()
-        self._start_step = start_step
+        self._start_step = self._previous_step = start_step
         if not enabled:
             return
         self._truncate_after(start_step)
@@ -107,7 +107,8 @@ class RunMonitor:
 
     def _progress_line(self, step: int, shown: Dict[str, str]):
         now = time.monotonic()
-        crossed = step // self._line_every > (step - 1) // self._line_every  # passed a tenth of the run
+        crossed = step // self._line_every > self._previous_step // self._line_every  # passed a tenth of the run
+        self._previous_step = step
         if not (crossed or step >= self.total_steps or now - self._last_line >= self._line_seconds):
             return
         self._last_line = now
