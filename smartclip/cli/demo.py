@@ -42,9 +42,11 @@ def run(args) -> int:
             changes[name] = value
     cfg = DemoConfig.quick(**changes) if args.quick else DemoConfig(**changes)
     if args.build_base:
-        recipe = BaseRecipe(num_pretrain=64, num_pretrain_single=16, steps=3, warmup=1, batch_size=16) \
+        recipe = BaseRecipe(num_pretrain=64, num_pretrain_single=16, steps=3, warmup=1, batch_size=16,
+                                probe_images=64) \
             if args.quick else BaseRecipe()
-        build_base(args.build_base, recipe, progress=not args.no_progress)
+        build_base(args.build_base, recipe, progress=not args.no_progress,
+                   command=f"smartclip demo --build-base {args.build_base}" + (" --quick" if args.quick else ""))
         return 0
     if args.data_only:
         from smartclip.scenes import write_dataset

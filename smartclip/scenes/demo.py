@@ -59,12 +59,13 @@ class BaseRecipe:
     data_seed: int = 0
     num_pretrain: int = 8000        # pretraining scenes, a separate stream from the fine-tuning scenes
     num_pretrain_single: int = 2000  # one-object pretraining scenes
-    steps: int = 1500
+    steps: int = 2000
     lr: float = 1e-3
     weight_decay: float = 0.1
     warmup: int = 30
     batch_size: int = 64
     seed: int = 0
+    probe_images: int = 2000  # training scenes for the linear probe of the base's validation score
 
 
 @dataclass
@@ -94,9 +95,16 @@ class DemoConfig:
     regimes: List[str] = field(default_factory=lambda: ["short", "long"])
     methods: List[str] = field(default_factory=lambda: ["clip", "smartclip", "smartclip_fullmask",
                                                         "smartclip_scale100"])
+    # the two controls (mask = 1, scale 100) run in these regimes only: the long-caption regime is
+    # the paper's setting, and the default demo must fit in its time budget
+    control_regimes: List[str] = field(default_factory=lambda: ["long"])
+    # from scratch (--scratch, a control): the base recipe's optimiser on long captions, for as many
+    # steps as the base's pretraining plus a fine-tune
     scratch: bool = False
-    scratch_steps: int = 1600
+    scratch_steps: int = 2100
     scratch_lr: float = 1e-3
+    scratch_weight_decay: float = 0.1
+    scratch_warmup: int = 30
     # evaluation
     probe_train_images: int = 2000
     eval_batch_size: int = 128
@@ -114,7 +122,7 @@ class DemoConfig:
     def quick(cls, **changes) -> "DemoConfig":
         """A few steps on a few images: checks the pipeline end to end (tests), measures nothing."""
         base = dict(num_train=64, num_test=24, num_single=16, num_val=24, num_val_single=16, finetune_steps=2,
-                    finetune_warmup=1, scratch_steps=3, batch_size=16, probe_train_images=64, eval_batch_size=64,
+                    finetune_warmup=1, scratch_steps=3, scratch_warmup=1, batch_size=16, probe_train_images=64, eval_batch_size=64,
                     curve_every=1)
         base.update(changes)
         return cls(**base)
@@ -129,6 +137,9 @@ class DemoConfig:
         bad = set(self.regimes) - set(REGIME_DATA)
         if bad or not self.regimes:
             raise ValueError(f"demo config: regimes {sorted(bad) or self.regimes} not valid; use 'short' and/or 'long'")
+        bad = set(self.control_regimes) - set(REGIME_DATA)
+        if bad:
+            raise ValueError(f"demo config: control_regimes {sorted(bad)} not valid; use 'short' and/or 'long'")
         bad = set(self.methods) - set(METHODS)
         if bad or not self.methods:
             raise ValueError(f"demo config: methods {sorted(bad) or self.methods} not valid; choose from {list(METHODS)}")
@@ -181,7 +192,8 @@ def plan_runs(cfg: DemoConfig, seeds: int) -> List[RunSpec]:
     """Every regime x method x seed fine-tune from the base, then the optional from-scratch
     controls."""
     runs = [RunSpec(f"{regime}/{method}/seed{seed}", "finetune", method, regime, seed, cfg.finetune_steps)
-            for regime in cfg.regimes for method in cfg.methods for seed in range(seeds)]
+            for regime in cfg.regimes for method in cfg.methods for seed in range(seeds)
+            if method in ("clip", "smartclip") or regime in cfg.control_regimes]
     if cfg.scratch:
         runs += [RunSpec(f"scratch-long/{method}/seed{seed}", "scratch", method, "long", seed, cfg.scratch_steps)
                  for method in ("clip", "smartclip") for seed in range(seeds)]
@@ -269,10 +281,12 @@ def pretraining_captions(data_dir: Path) -> Path:
 
 
 def build_base(out_dir, recipe: Optional[BaseRecipe] = None, *, model: Optional[Dict] = None, image_size: int = 64,
-               data_dir=None, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+               data_dir=None, progress: bool = True, log: Callable[[str], None] = print,
+               command: Optional[str] = None) -> dict:
     """Pretrain the demo's base model as ``recipe`` says and write it to ``out_dir`` in fp16
     (``smartclip_config.json``, ``model.safetensors``) with ``base.json`` (recipe, SHA-256,
-    command, and its scene-benchmark scores on the validation split). Returns ``base.json``.
+    ``command`` that rebuilds it, and its scene-benchmark scores on the validation split);
+    the pretraining data and run stay in ``out_dir/work``. Returns ``base.json``.
 
     The CLIP objective with a learned temperature, from random weights, on
     :func:`pretraining_captions`. Deterministic for a given recipe on one machine (one thread).
@@ -294,10 +308,10 @@ def build_base(out_dir, recipe: Optional[BaseRecipe] = None, *, model: Optional[
     try:
         data = Path(data_dir) if data_dir is not None else work / "data"
         log(f"[base] writing {recipe.num_pretrain} + {recipe.num_pretrain_single} pretraining scenes to {data}")
-        # the fine-tuning scenes' generator and seed, but only its pretraining streams (and the
-        # validation split the base is scored on)
-        write_dataset(data, seed=recipe.data_seed, num_train=0, num_test=0, num_single=0, image_size=image_size,
-                      num_val=400, num_val_single=128, num_pretrain=recipe.num_pretrain,
+        # the fine-tuning scenes' generator and seed: its pretraining streams, plus the validation
+        # split the base is scored on and training scenes for that score's linear probe
+        write_dataset(data, seed=recipe.data_seed, num_train=recipe.probe_images, num_test=0, num_single=0,
+                      image_size=image_size, num_val=400, num_val_single=128, num_pretrain=recipe.num_pretrain,
                       num_pretrain_single=recipe.num_pretrain_single)
         captions = pretraining_captions(data)
         init = _random_init(DemoConfig(data_seed=recipe.seed, model=model, image_size=image_size), work / "init")
@@ -318,9 +332,9 @@ def build_base(out_dir, recipe: Optional[BaseRecipe] = None, *, model: Optional[
         if latest_checkpoint(tcfg.run_dir) is not None:
             tcfg.resume = "latest"
         result = train(tcfg)
-        trained = smartclip.load_checkpoint(result.checkpoint)
+        trained = smartclip.load_checkpoint(result.checkpoint).eval()  # eval: the ResNet's batch norm
         trained.mask_trained = False  # the CLIP objective never trains the mask network
-        scores = SceneBenchmark(data, split="val").run(trained, tokenizer=smartclip.get_tokenizer(trained),
+        scores = SceneBenchmark(data, split="val", probe_train_images=recipe.probe_images).run(trained, tokenizer=smartclip.get_tokenizer(trained),
                                                        preprocess=smartclip.image_transform(trained),
                                                        batch_size=128, progress=False)
         trained.model_name = "demo-base"
@@ -328,9 +342,9 @@ def build_base(out_dir, recipe: Optional[BaseRecipe] = None, *, model: Optional[
     finally:
         torch.set_num_threads(previous_threads)
     record = {"sha256": file_sha256(out / WEIGHTS_NAME), "recipe": dataclasses.asdict(recipe), "model": model,
-              "image_size": image_size, "logit_scale": float(trained.logit_scale.float().exp()),
+              "image_size": image_size, "logit_scale": float(trained.logit_scale.detach().float().exp()),
               "val_metrics": {k: round(v, 2) for k, v in scores["metrics"].items()},
-              "command": f"smartclip demo --build-base {out_dir}", "torch": torch.__version__}
+              "command": command or f"smartclip demo --build-base {out_dir}", "torch": torch.__version__}
     (out / "base.json").write_text(json.dumps(record, indent=1))
     log(f"[base] {out} written: SHA-256 {record['sha256']}, logit scale {record['logit_scale']:.3f}, "
         f"validation concept mAP {scores['metrics']['concept_map']:.1f}, "
@@ -355,7 +369,8 @@ def _train_config(cfg: DemoConfig, run: RunSpec, out: Path, data_dir: Path, base
         "loss": {"align_weight": cfg.align_weight, "sparsity_weight": cfg.sparsity_weight, "scale": scale,
                  "full_mask": method.full_mask},
         "optim": {"clip": {"lr": cfg.scratch_lr if scratch else cfg.finetune_lr,
-                           "weight_decay": cfg.finetune_weight_decay, "warmup_steps": cfg.finetune_warmup,
+                           "weight_decay": cfg.scratch_weight_decay if scratch else cfg.finetune_weight_decay,
+                           "warmup_steps": cfg.scratch_warmup if scratch else cfg.finetune_warmup,
                            "schedule": "cosine"},
                   "mask": {"lr": cfg.mask_lr, "weight_decay": 0.0, "warmup_steps": 0, "schedule": "cosine"}},
         "train": {"steps": run.steps, "global_batch": cfg.batch_size, "device": cfg.device, "progress": False,

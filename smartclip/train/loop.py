@@ -146,12 +146,16 @@ def _resolve_scale(cfg: TrainConfig, model) -> tuple[TrainConfig, str]:
 def _check_eval_specs(cfg: TrainConfig):
     """Build every benchmark once, so a typo or missing data fails before training, not at step N."""
     try:
-        from smartclip.eval import get_benchmark
+        from smartclip.eval import expand_suites, get_benchmark
     except ImportError as e:
         raise ConfigError(f"eval.specs: periodic evaluation needs smartclip.eval ({e})") from e
     for spec in cfg.eval.specs:
         try:
-            get_benchmark(spec, root=cfg.eval.root)
+            members, absent = expand_suites([spec], root=cfg.eval.root)  # a suite (paper-zeroshot) by its members
+            if absent:
+                raise ValueError("no data for " + "; ".join(f"{k} ({v})" for k, v in absent.items()))
+            for member, _ in members:
+                get_benchmark(member, root=cfg.eval.root)
         except Exception as e:  # unknown name, missing folder, bad layout: all configuration errors here
             raise ConfigError(f"eval.specs: {spec!r}: {e}") from e
 
