@@ -287,6 +287,9 @@ def export_hf(model: SmartCLIP, path) -> Path:
     mask_state = {k[len("mask_net."):]: v.detach().to("cpu", torch.float32).contiguous()
                   for k, v in model.state_dict().items() if k.startswith("mask_net.")}
     save_file(mask_state, str(path / MASK_NET_NAME), metadata={"format": "smartclip-mask-net"})
+    from .checkpoint import set_default_file_mode  # that module imports this one
+    for weights in path.glob("*.safetensors"):
+        set_default_file_mode(weights)
     (path / SMARTCLIP_HF_NAME).write_text(json.dumps({
         "format": "smartclip-hf",
         "model_name": getattr(model, "model_name", "custom"),

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", default=None,
                         help="folder holding each dataset in its default sub-folder (default: $SMARTCLIP_DATA)")
     parser.add_argument("--out", default=None, help="folder for eval_<hash>.json and eval_<hash>.md")
-    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=min(8, max(0, (os.cpu_count() or 1) - 1)),
@@ -31,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default=None, help="keep encoded features here, keyed by weights hash")
     parser.add_argument("--allow-partial", action="store_true",
                         help="score benchmarks with missing images or captions (results marked partial)")
-    parser.add_argument("--masked", action="store_true", help="rank with masked scores (SPEC 5) instead of cosine")
+    parser.add_argument("--masked", action="store_true",
+                        help="rank by masked scores (only the embedding dimensions each text's mask selects) "
+                             "instead of cosine similarity")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="SPEC.KEY=VALUE",
                         help="a benchmark option, e.g. coco.expected_images=100 or "
                              "classification:/d.classnames=/d/names.txt (value parsed as YAML)")
@@ -40,12 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare", nargs="+", metavar="RESULTS_JSON", help="side-by-side table of results files")
 
 
-def _cuda() -> bool:
-    try:
-        import torch
-        return torch.cuda.is_available()
-    except Exception:  # pragma: no cover
-        return False
+def _default_device() -> str:
+    import torch  # here, not at import: `smartclip eval --help` should not wait for torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _parse_settings(settings, specs) -> dict:
@@ -127,8 +126,9 @@ def run(args) -> int:
     if args.masked:
         for spec in args.benchmarks:
             options.setdefault(spec, {})["masked"] = True
-    model, _, _ = smartclip.load(args.model, device=args.device, precision=args.precision)
     try:
+        args.device = args.device or _default_device()
+        model, _, _ = smartclip.load(args.model, device=args.device, precision=args.precision)
         results = evaluate(
             model, args.benchmarks, root=args.data_root, device=args.device, batch_size=args.batch_size,
             out_dir=args.out, allow_partial=args.allow_partial, progress=not args.no_progress,

@@ -80,7 +80,7 @@ def markdown_table(run: dict) -> str:
     paper reports beside its numbers, then each protocol."""
     results = run["results"]
     lines = [f"# Evaluation of `{run.get('model')}` (weights {run.get('checkpoint_hash')}, "
-             f"context {run.get('context_length')})", ""]
+             f"context {run.get('context_length')})", "", "Every metric in percent.", ""]
     retrieval = {k: r for k, r in results.items() if any(m.startswith(("i2t", "t2i")) for m in r.get("metrics", {}))}
     other = {k: r for k, r in results.items() if k not in retrieval}
     for group in (retrieval, other):
@@ -131,6 +131,7 @@ def compare_table(runs: Sequence[dict], labels: Sequence[str]) -> str:
             diffs = [(v - values[0]) if v is not None and values[0] is not None else None for v in values[1:]]
             lines.append(f"| {key}{flag} | {metric} | " + " | ".join(_fmt(v) for v in values) + " | "
                          + " | ".join(("" if d is None else f"{d:+.2f}") for d in diffs) + " |")
+    lines += ["", "Metrics in percent; differences in percentage points."]
     if notes:
         lines += ["", *notes]
     return "\n".join(lines)
