@@ -106,7 +106,8 @@ def test_build_base_writes_an_fp16_checkpoint_with_its_hash_and_recipe(tmp_path)
     assert record["sha256"] == file_sha256(tmp_path / "base" / "model.safetensors")
     assert record["recipe"]["steps"] == 2 and "concept_map" in record["val_metrics"]
     from safetensors.torch import load_file
-    assert {str(t.dtype) for t in load_file(str(tmp_path / "base" / "model.safetensors")).values()} == {"torch.float16"}
+    tensors = load_file(str(tmp_path / "base" / "model.safetensors")).values()
+    assert {str(t.dtype) for t in tensors if t.is_floating_point()} == {"torch.float16"}
     model = smartclip.load_checkpoint(tmp_path / "base")
     assert not model.mask_trained and model.logit_scale.dtype.is_floating_point
 
