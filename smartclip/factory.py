@@ -24,7 +24,8 @@ __all__ = ["create_model", "list_models", "get_model_config", "build_model", "im
 
 log = logging.getLogger(__name__)
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
-DEFAULT_OPTIONS: Dict[str, Any] = {"keep": 20, "ratio": 4, "soft_mask": False, "mask_padding": False}
+DEFAULT_OPTIONS: Dict[str, Any] = {"keep": 20, "ratio": 4, "soft_mask": False, "mask_padding": False,
+                                   "mask_gate": "ste"}
 
 
 def _own_configs() -> Dict[str, dict]:
@@ -204,7 +205,7 @@ def create_model(name: str, pretrained: Optional[str] = None, *, device="cpu", p
     smartclip / released checkpoint. ``pretrained``: an open_clip tag (``openai``...), an
     open_clip checkpoint file (77 positions; stretched here), a released SmartCLIP /
     Long-CLIP ``.pt`` or one of our checkpoints. ``options``: ``keep``, ``ratio``
-    (positional stretch), ``soft_mask``, ``mask_padding``.
+    (positional stretch), ``soft_mask``, ``mask_padding``, ``mask_gate`` (see ``SmartCLIP``).
     """
     from . import checkpoint as ckpt
 

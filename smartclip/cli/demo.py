@@ -18,6 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start from this checkpoint instead of the shipped base model")
     parser.add_argument("--build-base", default=None, metavar="DIR",
                         help="pretrain the demo's base model into DIR (the recipe of docs/demo.md) and stop")
+    parser.add_argument("--grid", nargs="+", default=None, metavar="KEY=V1,V2",
+                        help="ablation grid: fine-tune SmartCLIP from the base for every combination of these "
+                             "dotted training settings (e.g. loss.sparsity_weight=0,2,8 loss.scale=model,100) "
+                             "with the same seeds, and write one table with plots against each key")
+    parser.add_argument("--grid-split", default="val", choices=["val", "test"],
+                        help="the scenes the grid is scored on: val (to choose settings; default) or test")
+    parser.add_argument("--grid-regime", default="long", choices=["long", "short"], help="the grid's captions")
     parser.add_argument("--workers", type=int, default=None, help="runs in parallel (default 2, one thread each)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     parser.add_argument("--data-only", action="store_true", help="only write the scene dataset to OUT/data")
@@ -30,7 +37,7 @@ def _fail(message: str) -> int:
 
 
 def run(args) -> int:
-    from smartclip.scenes.demo import BaseRecipe, DemoConfig, build_base, run_demo
+    from smartclip.scenes.demo import BaseRecipe, DemoConfig, build_base, parse_grid, run_demo, run_grid
     if args.seeds < 1:
         return _fail("--seeds must be >= 1")
     changes = {"scratch": args.scratch, "device": args.device, "base": args.base}
@@ -56,7 +63,11 @@ def run(args) -> int:
         print(f"scene dataset in {path}")
         return 0
     try:
-        run_demo(args.out, seeds=args.seeds, config=cfg, progress=not args.no_progress)
+        if args.grid:
+            run_grid(args.out, parse_grid(args.grid), seeds=args.seeds, config=cfg, regime=args.grid_regime,
+                     split=args.grid_split, progress=not args.no_progress)
+        else:
+            run_demo(args.out, seeds=args.seeds, config=cfg, progress=not args.no_progress)
     except (FileExistsError, FileNotFoundError, ValueError) as exc:
         return _fail(str(exc))
     return 0

@@ -28,19 +28,21 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import report as demo_report
 
 __all__ = ["DemoConfig", "BaseRecipe", "RunSpec", "METHODS", "plan_runs", "run_demo", "build_base",
-           "shipped_base", "BASE_DIR", "BASE_SHA256", "DEMO_MODEL", "summarise"]
+           "shipped_base", "BASE_DIR", "BASE_SHA256", "DEMO_MODEL", "summarise", "parse_grid", "plan_grid",
+           "run_grid"]
 
 # smartclip-tiny's text side (width 64 x 3 layers, 248 tokens, embedding 64) with a small ResNet
 # image tower (open_clip's ModifiedResNet, width 16, one block per stage). At this size a ViT
@@ -176,6 +178,7 @@ class RunSpec:
     regime: str           # "short" | "long"
     seed: int
     steps: int
+    overrides: Tuple[str, ...] = ()  # dotted training settings, "key=value" (the grid's)
 
     @property
     def mask_trained(self) -> bool:
@@ -355,12 +358,12 @@ def build_base(out_dir, recipe: Optional[BaseRecipe] = None, *, model: Optional[
 # --------------------------------------------------------------------------- one run
 def _train_config(cfg: DemoConfig, run: RunSpec, out: Path, data_dir: Path, base: Path, init: Path):
     from smartclip.train import TrainConfig
-    from smartclip.train.config import config_from_dict
+    from smartclip.train.config import apply_overrides, config_from_dict
     method = METHODS[run.method]
     csv_name, caption_mode = REGIME_DATA[run.regime]
     scratch = run.stage == "scratch"
     scale = {"learned": None, "config": cfg.scale, "ablation": cfg.ablation_scale}[method.scale]
-    return config_from_dict(TrainConfig, {
+    settings = {
         "run_dir": str(out / "runs" / run.name),
         "objective": method.objective,
         "seed": run.seed,
@@ -377,11 +380,12 @@ def _train_config(cfg: DemoConfig, run: RunSpec, out: Path, data_dir: Path, base
                   "tensorboard": False, "plots": False, "log_every": 1},
         # final checkpoint only: a run is short, and each save writes the optimizer state too
         "checkpoint": {"every_steps": 0, "keep_last": 1},
-    })
+    }
+    return config_from_dict(TrainConfig, apply_overrides(settings, run.overrides))
 
 
-def _mask_point(model, tokenizer, bench, test, step: int, device) -> dict:
-    metrics, _ = bench.mask_metrics(model, tokenizer, test, device=device)
+def _mask_point(model, tokenizer, bench, records, step: int, device) -> dict:
+    metrics, _ = bench.mask_metrics(model, tokenizer, records, device=device)
     return {"step": step, "mask_active": metrics["mask_active"],
             "jaccard_gap": metrics["mask_jaccard_same"] - metrics["mask_jaccard_diff"],
             "algebra_gap": metrics.get("mask_algebra", math.nan) - metrics.get("mask_algebra_control", math.nan)}
@@ -396,19 +400,23 @@ def _run_one(task: dict) -> dict:
         return _run_one_inner(task)
 
 
+def _eval_path(out: Path, name: str, split: str) -> Path:
+    slug = name.replace("/", "_").replace(" ", "_")
+    return out / "evals" / (f"{slug}.json" if split == "test" else f"{split}/{slug}.json")
+
+
 def _run_one_inner(task: dict) -> dict:
     import smartclip
     from smartclip.train import config_to_dict, latest_checkpoint, train
-    from .evaluate import SceneBenchmark
+    from .evaluate import EVAL_SPLITS, SceneBenchmark
     from .generator import load_labels
-    cfg, run = task["cfg"], task["run"]
+    cfg, run, split = task["cfg"], task["run"], task.get("split", "test")
     out, data_dir = Path(task["out"]), Path(task["data_dir"])
     started = time.time()
     tcfg = _train_config(cfg, run, out, data_dir, Path(task["base"]), Path(task["init"]))
     run_dir = Path(tcfg.run_dir)
     done, curve_path = run_dir / "done.json", run_dir / "mask_curve.json"
     wanted = json.loads(json.dumps(config_to_dict(tcfg), default=str))
-    bench = SceneBenchmark(data_dir, probe_train_images=cfg.probe_train_images)
     if done.is_file():
         record = json.loads(done.read_text())
         if record["config"] != wanted:
@@ -416,31 +424,40 @@ def _run_one_inner(task: dict) -> dict:
                                   f"use another output directory or delete {run_dir}")
         checkpoint, reused = Path(record["checkpoint"]), True
     else:
-        curve: List[dict] = []
+        # the mask metrics during training, on the captions of every evaluation split the data has
+        curves: Dict[str, List[dict]] = {}
         if run.mask_trained and cfg.curve_every:
-            test = load_labels(data_dir)["splits"]["test"]
+            labels = load_labels(data_dir)
+            followed = {name: (SceneBenchmark(data_dir, split=name), labels["splits"][multi])
+                        for name, (multi, one) in EVAL_SPLITS.items() if labels["splits"].get(multi)}
             start, _, tok = smartclip.load(str(tcfg.model.name))
             start.mask_trained = True
-            curve.append(_mask_point(start, tok, bench, test, 0, cfg.device))
+
+            def follow(model, step):
+                for name, (bench, records) in followed.items():
+                    curves.setdefault(name, []).append(_mask_point(model, tok, bench, records, step, cfg.device))
+
+            follow(start, 0)
 
             def on_step(info):
                 if info.step % cfg.curve_every == 0 or info.step == info.total_steps:
                     info.model.eval()
-                    curve.append(_mask_point(info.model, tok, bench, test, info.step, cfg.device))
+                    follow(info.model, info.step)
                     info.model.train()
         else:
             on_step = None
         if latest_checkpoint(run_dir) is not None:
             tcfg.resume = "latest"  # an interrupted demo continues exactly where it stopped
         result = train(tcfg, on_step=on_step)
-        curve_path.write_text(json.dumps(curve))
+        curve_path.write_text(json.dumps(curves))
         checkpoint, reused = Path(result.checkpoint), False
         done.write_text(json.dumps({"config": wanted, "checkpoint": str(checkpoint), "steps": result.steps}))
     trained_s = time.time() - started
-    metrics = _evaluate(cfg, bench, checkpoint, run.mask_trained, out / "evals" / (run.name.replace("/", "_") + ".json"))
+    bench = SceneBenchmark(data_dir, split=split, probe_train_images=cfg.probe_train_images)
+    metrics = _evaluate(cfg, bench, checkpoint, run.mask_trained, _eval_path(out, run.name, split))
+    curves = json.loads(curve_path.read_text()) if curve_path.is_file() else {}
     return {"name": run.name, "checkpoint": str(checkpoint), "reused": reused, "metrics": metrics["metrics"],
-            "protocol": metrics["protocol"], "counts": metrics["counts"],
-            "curve": json.loads(curve_path.read_text()) if curve_path.is_file() else [],
+            "protocol": metrics["protocol"], "counts": metrics["counts"], "curve": curves.get(split, []),
             "train_s": round(trained_s, 1), "eval_s": round(time.time() - started - trained_s, 1)}
 
 
@@ -469,7 +486,8 @@ def _evaluate_start(task: dict) -> dict:
     torch.set_num_threads(task["threads"])
     cfg = task["cfg"]
     with threadpool_limits(limits=task["threads"]):
-        bench = SceneBenchmark(task["data_dir"], probe_train_images=cfg.probe_train_images)
+        bench = SceneBenchmark(task["data_dir"], split=task.get("split", "test"),
+                               probe_train_images=cfg.probe_train_images)
         result = _evaluate(cfg, bench, Path(task["checkpoint"]), False, Path(task["result"]))
     return {"name": task["name"], "checkpoint": task["checkpoint"], "metrics": result["metrics"],
             "protocol": result["protocol"], "counts": result["counts"]}
@@ -538,8 +556,8 @@ def run_demo(out_dir: str, seeds: int = 3, *, config: Optional[DemoConfig] = Non
     runs = plan_runs(cfg, seeds)
     common = {"cfg": cfg, "out": str(out), "data_dir": str(data_dir), "base": str(base), "init": str(init),
               "threads": cfg.threads}
-    start_tasks = [{**common, "name": name, "checkpoint": str(ckpt), "result": str(out / "evals" / f"{slug}.json")}
-                   for name, ckpt, slug in (("random init", init, "random_init"), ("base", base, "base"))]
+    start_tasks = [{**common, "name": name, "checkpoint": str(ckpt), "result": str(_eval_path(out, name, "test"))}
+                   for name, ckpt in (("random init", init), ("base", base))]
     run_tasks = [{**common, "run": run} for run in runs]
     workers = min(cfg.workers, len(run_tasks))
     log(f"[demo] {len(runs)} runs ({', '.join(cfg.regimes)} captions x {', '.join(cfg.methods)} x {seeds} "
@@ -595,3 +613,138 @@ def _logit_scale(checkpoint: Path) -> float:
     from smartclip.checkpoint import read_weights
     state, _ = read_weights(checkpoint)
     return float(state["logit_scale"].float().exp())
+
+
+# --------------------------------------------------------------------------- the ablation grid
+def parse_grid(items: Sequence[str]) -> Dict[str, List[str]]:
+    """``["loss.sparsity_weight=0,2,8", "loss.scale=model,100"]`` -> ``{key: [value, ...]}``
+    (values stay strings, read as YAML by the training config, so its errors name the key)."""
+    grid: Dict[str, List[str]] = {}
+    for item in items:
+        key, eq, values = item.partition("=")
+        key = key.strip()
+        if not eq or not key or not values.strip():
+            raise ValueError(f"--grid {item!r}: expected KEY=V1,V2,..., e.g. loss.sparsity_weight=0,2,8")
+        if key in grid:
+            raise ValueError(f"--grid: {key} given twice")
+        grid[key] = _split_top_level(values)
+        if any(not v for v in grid[key]):
+            raise ValueError(f"--grid {item!r}: an empty value")
+    if not grid:
+        raise ValueError("--grid: give at least one KEY=V1,V2,...")
+    return grid
+
+
+def _split_top_level(values: str) -> List[str]:
+    """``"0.1,[0.67,0.1],x"`` -> ``["0.1", "[0.67,0.1]", "x"]``: commas inside brackets stay."""
+    parts, depth, current = [], 0, ""
+    for ch in values:
+        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    return parts + [current.strip()]
+
+
+def _combinations(grid: Dict[str, List[str]]) -> List[Tuple[str, ...]]:
+    keys = list(grid)
+    return [tuple(f"{k}={v}" for k, v in zip(keys, values)) for values in itertools.product(*grid.values())]
+
+
+def grid_label(overrides: Sequence[str]) -> str:
+    return " ".join(overrides) if overrides else "released recipe"
+
+
+def plan_grid(cfg: DemoConfig, grid: Dict[str, List[str]], seeds: int, regime: str = "long",
+              method: str = "smartclip") -> List[RunSpec]:
+    """CLIP and SmartCLIP as released (the demo's own runs, reused when present), then every
+    combination of the grid's settings on top of ``method``, all from the base with the same
+    seeds."""
+    runs = [RunSpec(f"{regime}/{m}/seed{s}", "finetune", m, regime, s, cfg.finetune_steps)
+            for m in ("clip", "smartclip") for s in range(seeds)]
+    for combo in _combinations(grid):
+        slug = ",".join(combo).replace("/", "_").replace(" ", "")
+        runs += [RunSpec(f"grid/{regime}/{method}/{slug}/seed{s}", "finetune", method, regime, s, cfg.finetune_steps,
+                         combo) for s in range(seeds)]
+    return runs
+
+
+def run_grid(out_dir: str, grid: Dict[str, List[str]], seeds: int = 3, *, config: Optional[DemoConfig] = None,
+             regime: str = "long", split: str = "val", progress: bool = True,
+             log: Callable[[str], None] = print) -> dict:
+    """Fine-tune every combination of ``grid`` (dotted training keys -> values) from the demo's
+    base with the same seeds, evaluate on ``split`` (``val`` to choose settings, ``test`` for the
+    final table), and write ``grid_<split>.json`` / ``grid_<split>.md`` and plots against each
+    key into ``out_dir``. Finished runs are reused (also the demo's own, in the same folder)."""
+    from tqdm.auto import tqdm
+    from smartclip.checkpoint import WEIGHTS_NAME
+    from .evaluate import EVAL_SPLITS
+    from .generator import write_dataset
+    cfg = (config or DemoConfig()).validate()
+    if regime not in REGIME_DATA:
+        raise ValueError(f"grid regime must be one of {list(REGIME_DATA)}, got {regime!r}")
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"grid split must be one of {list(EVAL_SPLITS)}, got {split!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    runs = plan_grid(cfg, grid, seeds, regime)
+    # every combination is checked before any work: a typo in a key fails now, naming it
+    for run in runs:
+        _train_config(cfg, run, out, out / "data", out / "base", out / "init")
+    base = shipped_base() if cfg.base is None else Path(cfg.base)
+    data_dir = write_dataset(out / "data", seed=cfg.data_seed, num_train=cfg.num_train, num_test=cfg.num_test,
+                             num_single=cfg.num_single, num_val=cfg.num_val, num_val_single=cfg.num_val_single,
+                             image_size=cfg.image_size)
+    init = _random_init(cfg, out / "init")
+    tasks = [{"cfg": cfg, "out": str(out), "data_dir": str(data_dir), "base": str(base), "init": str(init),
+              "threads": cfg.threads, "split": split, "run": run} for run in runs]
+    log(f"[grid] {len(runs)} runs ({len(_combinations(grid))} combinations x {seeds} seeds + CLIP and SmartCLIP as "
+        f"released), {regime} captions, scored on the {split} split")
+    bar = tqdm(total=len(tasks), desc="grid", unit="run", disable=not progress, dynamic_ncols=True)
+
+    def done(result):
+        bar.set_postfix_str(f"done {result['name']}")
+        bar.update(1)
+
+    try:
+        finished = _map_tasks(_run_one, tasks, min(cfg.workers, len(tasks)), done)
+    finally:
+        bar.close()
+    groups: Dict[str, List[dict]] = {}
+    labels: Dict[str, str] = {}
+    for run in runs:
+        group = grid_label(run.overrides) if run.overrides else METHODS[run.method].label
+        labels[run.group] = group
+        groups.setdefault(run.group, []).append(_with_gaps(finished[run.name]["metrics"]))
+    record = {
+        "command": "smartclip demo --out {} --grid {} --grid-split {} --seeds {}".format(
+            out_dir, " ".join(f"{k}={','.join(v)}" for k, v in grid.items()), split, seeds),
+        "grid": grid, "regime": regime, "split": split, "seeds": seeds, "config": dataclasses.asdict(cfg),
+        "base": {"path": str(base), "sha256": file_sha256(base / WEIGHTS_NAME), "logit_scale": _logit_scale(base)},
+        "labels": labels,
+        "overrides": {run.group: list(run.overrides) for run in runs},
+        "runs": {r.name: {"group": r.group, "seed": r.seed, "method": r.method, "stage": r.stage,
+                          "metrics": finished[r.name]["metrics"], "curve": finished[r.name]["curve"],
+                          "checkpoint": finished[r.name]["checkpoint"]} for r in runs},
+        "summary": summarise(groups),
+        "wall_time_s": round(time.time() - started, 1),
+    }
+    record["reference"] = f"{regime}/clip"
+    (out / f"grid_{split}.json").write_text(json.dumps(record, indent=1))
+    path = demo_report.write_grid_report(out, record)
+    log(demo_report.grid_table(record))
+    log(f"[grid] {path} and {out / f'grid_{split}.json'} written in {record['wall_time_s']:.0f} s")
+    return record
+
+
+def _with_gaps(metrics: dict) -> dict:
+    """The metrics plus the two mask-specificity gaps, per run (so their spread over seeds is known)."""
+    out = dict(metrics)
+    if "mask_jaccard_same" in metrics:
+        out["mask_jaccard_gap"] = metrics["mask_jaccard_same"] - metrics["mask_jaccard_diff"]
+    if "mask_algebra" in metrics:
+        out["mask_algebra_gap"] = metrics["mask_algebra"] - metrics["mask_algebra_control"]
+    return out

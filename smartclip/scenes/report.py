@@ -12,7 +12,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 __all__ = ["compare", "summary_table", "console_summary", "write_report", "verdict", "HEADLINE_METRICS",
-           "CLAIM_METRICS", "column_label"]
+           "CLAIM_METRICS", "column_label", "grid_table", "write_grid_report", "meets_mask_bar", "MASK_BAR"]
 
 # (metric key, label, claim it tests; see CLAIMS)
 HEADLINE_METRICS = [
@@ -385,5 +385,111 @@ def write_report(out: Path, record: dict, runs, data_dir: Path) -> Path:
                   "![retrieval examples](plots/retrieval_examples.png)", ""]
     lines += ["## Protocol", "", record["protocol"], "", "Counts: " + json.dumps(record["counts"]), ""]
     path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+# --------------------------------------------------------------------------- the ablation grid
+GRID_COLUMNS = [("long_i2t@1", "long i2t@1"), ("long_t2i@1", "long t2i@1"), ("short_i2t@1", "short i2t@1"),
+                ("short_t2i@1", "short t2i@1"), ("concept_map", "concept mAP"), ("single_acc", "one-object top-1"),
+                ("probe_map", "probe mAP"), ("mask_jaccard_gap", "Jaccard gap"),
+                ("mask_algebra_gap", "algebra gap"), ("mask_active", "active %")]
+# masks that "identify concepts" in the sense of docs/demo.md: both gaps at least 30 points with
+# at most 30 % of the dimensions active
+MASK_BAR = {"min_gap": 30.0, "max_active": 30.0}
+
+
+def meets_mask_bar(stats: Dict[str, dict]) -> bool:
+    try:
+        return (stats["mask_jaccard_gap"]["mean"] >= MASK_BAR["min_gap"]
+                and stats["mask_algebra_gap"]["mean"] >= MASK_BAR["min_gap"]
+                and stats["mask_active"]["mean"] <= MASK_BAR["max_active"])
+    except KeyError:
+        return False
+
+
+def _versus(stats: Dict[str, dict], reference: Dict[str, dict]) -> str:
+    """Metrics better / worse than the reference by the decision rule, as ``+metric`` / ``-metric``."""
+    marks = []
+    for metric in CLAIM_METRICS:
+        if metric in stats and metric in reference:
+            v = verdict(stats[metric], reference[metric])
+            if v in ("better", "worse"):
+                marks.append(("+" if v == "better" else "-") + metric)
+    return " ".join(marks) or "no clear difference"
+
+
+def grid_table(record: dict) -> str:
+    """Markdown: one row per group (CLIP, SmartCLIP as released, each combination), mean ± std over
+    seeds, the metrics better (+) or worse (-) than CLIP by the rule, and the mask bar."""
+    summary, reference = record["summary"], record["summary"].get(record["reference"], {})
+    header = "| run | " + " | ".join(label for _, label in GRID_COLUMNS) + " | vs CLIP (rule) | mask bar |"
+    lines = [header, "|" + "---|" * (len(GRID_COLUMNS) + 3)]
+    for group, stats in summary.items():
+        cells = [_cell(stats.get(key)) for key, _ in GRID_COLUMNS]
+        versus = "reference" if group == record["reference"] else _versus(stats, reference)
+        bar = "–" if "mask_active" not in stats else ("**yes**" if meets_mask_bar(stats) else "no")
+        lines.append(f"| {record['labels'][group]} | " + " | ".join(cells) + f" | {versus} | {bar} |")
+    lines += ["", f"Percent; mean ± sample std over {record['seeds']} seeds; {record['regime']} captions; scored on "
+              f"the {record['split']} split. Gaps: Jaccard same - different concept, mask algebra shared - control "
+              f"concept. Mask bar: both gaps >= {MASK_BAR['min_gap']:g} points with at most "
+              f"{MASK_BAR['max_active']:g} % active dimensions."]
+    return "\n".join(lines)
+
+
+def _plot_grid(record: dict, plots: Path) -> List[str]:
+    """For each grid key: active %, Jaccard gap and algebra gap (mean ± std over seeds) against the
+    key's values, one line per setting of the other keys."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    written = []
+    grid, summary, overrides = record["grid"], record["summary"], record["overrides"]
+    panels = [("mask_active", "active mask dimensions (%)"), ("mask_jaccard_gap", "Jaccard same - different"),
+              ("mask_algebra_gap", "algebra: shared - control")]
+    for key, values in grid.items():
+        lines: Dict[str, Dict[str, dict]] = {}
+        for group, combo in overrides.items():
+            if not combo:
+                continue
+            setting = dict(item.split("=", 1) for item in combo)
+            rest = " ".join(f"{k}={v}" for k, v in setting.items() if k != key) or "all"
+            lines.setdefault(rest, {})[setting[key]] = summary[group]
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+        for ax, (metric, title) in zip(axes, panels):
+            for rest, points in lines.items():
+                xs = [i for i, v in enumerate(values) if v in points and metric in points[v]]
+                ax.errorbar(xs, [points[values[i]][metric]["mean"] for i in xs],
+                            yerr=[points[values[i]][metric]["std"] for i in xs], marker="o", capsize=3, lw=1.2,
+                            label=rest)
+            ax.set_xticks(range(len(values)), values)
+            ax.set_xlabel(key)
+            ax.set_title(title, fontsize=9)
+        axes[0].set_ylim(0, 100)
+        for ax in axes[1:]:
+            ax.axhline(MASK_BAR["min_gap"], color="tab:green", lw=0.8, ls="--")
+            ax.axhline(0, color="black", lw=0.6)
+        axes[0].axhline(MASK_BAR["max_active"], color="tab:green", lw=0.8, ls="--")
+        axes[0].legend(fontsize=6)
+        fig.suptitle(f"grid on {record['regime']} captions, {record['split']} split (dashed: the mask bar)", fontsize=9)
+        fig.tight_layout()
+        name = f"grid_{record['split']}_{key.replace('.', '_')}.png"
+        fig.savefig(plots / name, dpi=110)
+        plt.close(fig)
+        written.append(name)
+    return written
+
+
+def write_grid_report(out: Path, record: dict) -> Path:
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    names = _plot_grid(record, plots)
+    lines = [f"# Ablation grid ({record['split']} split)", "", f"Command: `{record['command']}` "
+             f"(wall time {record['wall_time_s']:.0f} s). Every run fine-tunes the base "
+             f"(`{record['base']['path']}`, SHA-256 `{record['base']['sha256'][:16]}...`) with the demo's settings "
+             "and the grid's overrides; decision rule of docs/demo.md against CLIP's fine-tune.", "",
+             grid_table(record), ""]
+    lines += [f"![{n}](plots/{n})\n" for n in names]
+    path = out / f"grid_{record['split']}.md"
     path.write_text("\n".join(lines))
     return path
