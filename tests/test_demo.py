@@ -128,3 +128,44 @@ def test_decision_rule():
     assert verdict({"mean": 10.0, "std": 3.0, "n": 3}, a) == "no clear difference"  # 2.0 < 2 * 1.83
     assert verdict({"mean": 5.0, "std": 0.0, "n": 3}, a) == "worse"
     assert verdict({"mean": 20.0, "std": 0.0, "n": 1}, a) == "one seed: no verdict"
+
+
+def test_grid_arguments_are_checked_before_any_work(tmp_path):
+    from smartclip.scenes.demo import parse_grid, run_grid
+    assert parse_grid(["loss.gate_temperature=[0.7,0.1],[0.7,0.7]", "loss.dual_lr=1,10"]) == \
+        {"loss.gate_temperature": ["[0.7,0.1]", "[0.7,0.7]"], "loss.dual_lr": ["1", "10"]}
+    for bad, message in [(["loss.dual_lr"], "expected KEY=V1,V2"), (["loss.dual_lr=1,"], "an empty value"),
+                         (["a=1", "a=2"], "given twice")]:
+        with pytest.raises(ValueError, match=message):
+            parse_grid(bad)
+    from smartclip.train import ConfigError
+    with pytest.raises(ConfigError, match="loss.sparsity_wieght: unknown key"):
+        run_grid(tmp_path / "g", {"loss.sparsity_wieght": ["1"]}, seeds=1, config=DemoConfig.quick(), progress=False)
+    assert not (tmp_path / "g").exists() or not any((tmp_path / "g").iterdir())
+
+
+@pytest.mark.slow
+def test_quick_grid_writes_a_table_and_plots_and_reuses_runs(tmp_path, capsys):
+    from smartclip.scenes.demo import run_grid, summarise_grids
+    out = tmp_path / "grid"
+    cfg = DemoConfig.quick(workers=2)
+    grid = {"loss.sparsity_target": ["0.2"], "loss.dual_lr": ["1", "50"]}
+    record = run_grid(out, grid, seeds=2, config=cfg, split="val", progress=False)
+    groups = list(record["summary"])
+    assert groups[:2] == ["long/clip", "long/smartclip"] and len(groups) == 4
+    assert record["labels"][groups[3]] == "loss.sparsity_target=0.2 loss.dual_lr=50"
+    name = "grid_val_loss-sparsity_target+loss-dual_lr"
+    for path in (f"{name}.json", f"{name}.md", f"plots/{name}__loss-dual_lr.png", f"plots/{name}__loss-sparsity_target.png"):
+        assert (out / path).is_file(), path
+    table = (out / f"{name}.md").read_text()
+    assert "| loss.sparsity_target=0.2 loss.dual_lr=50 |" in table and "mask bar" in table
+    # the variant really ran: its multiplier moved; the released runs have none
+    from smartclip.train import read_metrics
+    run_dir = out / "runs" / "grid/long/smartclip/loss.sparsity_target=0.2,loss.dual_lr=50/seed0"
+    assert read_metrics(run_dir / "metrics.jsonl", "train")[-1]["sparsity_multiplier"] != 2.0
+    # scored on the validation scenes, not the test scenes
+    scored = json.loads((out / "evals" / "val" / "long_clip_seed0.json").read_text())
+    assert "scored on the val split" in scored["protocol"] and scored["counts"]["test_images"] == cfg.num_val
+    again = run_grid(out, grid, seeds=2, config=cfg, split="test", progress=False)  # same runs, test scenes
+    assert again["summary"]["long/clip"] != record["summary"]["long/clip"]
+    assert summarise_grids(out, "val", log=lambda _: None).is_file()

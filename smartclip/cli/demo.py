@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid-split", default="val", choices=["val", "test"],
                         help="the scenes the grid is scored on: val (to choose settings; default) or test")
     parser.add_argument("--grid-regime", default="long", choices=["long", "short"], help="the grid's captions")
+    parser.add_argument("--grid-summary", action="store_true",
+                        help="one table of every grid already run into OUT on --grid-split, and stop")
     parser.add_argument("--workers", type=int, default=None, help="runs in parallel (default 2, one thread each)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     parser.add_argument("--data-only", action="store_true", help="only write the scene dataset to OUT/data")
@@ -37,7 +39,8 @@ def _fail(message: str) -> int:
 
 
 def run(args) -> int:
-    from smartclip.scenes.demo import BaseRecipe, DemoConfig, build_base, parse_grid, run_demo, run_grid
+    from smartclip.scenes.demo import (BaseRecipe, DemoConfig, build_base, parse_grid, run_demo, run_grid,
+                                      summarise_grids)
     if args.seeds < 1:
         return _fail("--seeds must be >= 1")
     changes = {"scratch": args.scratch, "device": args.device, "base": args.base}
@@ -63,7 +66,9 @@ def run(args) -> int:
         print(f"scene dataset in {path}")
         return 0
     try:
-        if args.grid:
+        if args.grid_summary:
+            summarise_grids(args.out, args.grid_split)
+        elif args.grid:
             run_grid(args.out, parse_grid(args.grid), seeds=args.seeds, config=cfg, regime=args.grid_regime,
                      split=args.grid_split, progress=not args.no_progress)
         else:

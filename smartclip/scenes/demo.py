@@ -42,7 +42,7 @@ from . import report as demo_report
 
 __all__ = ["DemoConfig", "BaseRecipe", "RunSpec", "METHODS", "plan_runs", "run_demo", "build_base",
            "shipped_base", "BASE_DIR", "BASE_SHA256", "DEMO_MODEL", "summarise", "parse_grid", "plan_grid",
-           "run_grid"]
+           "run_grid", "summarise_grids"]
 
 # smartclip-tiny's text side (width 64 x 3 layers, 248 tokens, embedding 64) with a small ResNet
 # image tower (open_clip's ModifiedResNet, width 16, one block per stage). At this size a ViT
@@ -676,8 +676,8 @@ def run_grid(out_dir: str, grid: Dict[str, List[str]], seeds: int = 3, *, config
              log: Callable[[str], None] = print) -> dict:
     """Fine-tune every combination of ``grid`` (dotted training keys -> values) from the demo's
     base with the same seeds, evaluate on ``split`` (``val`` to choose settings, ``test`` for the
-    final table), and write ``grid_<split>.json`` / ``grid_<split>.md`` and plots against each
-    key into ``out_dir``. Finished runs are reused (also the demo's own, in the same folder)."""
+    final table), and write ``grid_<split>_<keys>.json`` / ``.md`` and plots against each key
+    into ``out_dir``. Finished runs are reused (also the demo's own, in the same folder)."""
     from tqdm.auto import tqdm
     from smartclip.checkpoint import WEIGHTS_NAME
     from .evaluate import EVAL_SPLITS
@@ -733,10 +733,11 @@ def run_grid(out_dir: str, grid: Dict[str, List[str]], seeds: int = 3, *, config
         "wall_time_s": round(time.time() - started, 1),
     }
     record["reference"] = f"{regime}/clip"
-    (out / f"grid_{split}.json").write_text(json.dumps(record, indent=1))
+    record["name"] = "grid_{}_{}".format(split, "+".join(k.replace(".", "-") for k in grid))
+    (out / f"{record['name']}.json").write_text(json.dumps(record, indent=1))
     path = demo_report.write_grid_report(out, record)
     log(demo_report.grid_table(record))
-    log(f"[grid] {path} and {out / f'grid_{split}.json'} written in {record['wall_time_s']:.0f} s")
+    log(f"[grid] {path} and {out / record['name']}.json written in {record['wall_time_s']:.0f} s")
     return record
 
 
@@ -748,3 +749,28 @@ def _with_gaps(metrics: dict) -> dict:
     if "mask_algebra" in metrics:
         out["mask_algebra_gap"] = metrics["mask_algebra"] - metrics["mask_algebra_control"]
     return out
+
+
+def summarise_grids(out_dir, split: str = "val", log: Callable[[str], None] = print) -> Path:
+    """One table of every grid run into ``out_dir`` on ``split`` (``grid_<split>_*.json``): the
+    shared CLIP and SmartCLIP rows once, then every combination of every grid, in the order the
+    grids were run. Written to ``grids_<split>.md``."""
+    out = Path(out_dir)
+    files = sorted(out.glob(f"grid_{split}_*.json"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        raise FileNotFoundError(f"no grid results for the {split} split in {out} (run smartclip demo --grid first)")
+    records = [json.loads(p.read_text()) for p in files]
+    if len({(r["regime"], r["seeds"]) for r in records}) > 1:
+        raise ValueError(f"the grids in {out} differ in regime or seeds; summarise them separately")
+    merged = dict(records[0], summary={}, labels={}, overrides={}, grid={}, name=f"grids_{split}",
+                  command="; ".join(r["command"] for r in records),
+                  wall_time_s=sum(r["wall_time_s"] for r in records))
+    for record in records:
+        for group, stats in record["summary"].items():
+            merged["summary"].setdefault(group, stats)
+            merged["labels"].setdefault(group, record["labels"][group])
+    path = out / f"grids_{split}.md"
+    path.write_text("\n".join([f"# Ablation grids ({split} split)", "", f"Commands: `{merged['command']}`", "",
+                               demo_report.grid_table(merged), ""]))
+    log(demo_report.grid_table(merged))
+    return path

@@ -473,7 +473,7 @@ def _plot_grid(record: dict, plots: Path) -> List[str]:
         axes[0].legend(fontsize=6)
         fig.suptitle(f"grid on {record['regime']} captions, {record['split']} split (dashed: the mask bar)", fontsize=9)
         fig.tight_layout()
-        name = f"grid_{record['split']}_{key.replace('.', '_')}.png"
+        name = f"{record['name']}__{key.replace('.', '-')}.png"
         fig.savefig(plots / name, dpi=110)
         plt.close(fig)
         written.append(name)
@@ -490,6 +490,6 @@ def write_grid_report(out: Path, record: dict) -> Path:
              "and the grid's overrides; decision rule of docs/demo.md against CLIP's fine-tune.", "",
              grid_table(record), ""]
     lines += [f"![{n}](plots/{n})\n" for n in names]
-    path = out / f"grid_{record['split']}.md"
+    path = out / f"{record['name']}.md"
     path.write_text("\n".join(lines))
     return path
