@@ -359,6 +359,7 @@ def load_checkpoint(path, **options) -> SmartCLIP:
     load_weights_checked(model, state, source=str(path))
     model.mask_trained = mask_trained
     model.checkpoint_path = str(path)
+    model.training_info = cfg.get("training")  # how a training checkpoint was made (objective, loss scale)
     return model
 
 

@@ -80,7 +80,13 @@ def markdown_table(run: dict) -> str:
     paper reports beside its numbers, then each protocol."""
     results = run["results"]
     lines = [f"# Evaluation of `{run.get('model')}` (weights {run.get('checkpoint_hash')}, "
-             f"context {run.get('context_length')})", "", "Every metric in percent.", ""]
+             f"context {run.get('context_length')})", ""]
+    training = run.get("training") or {}
+    if training.get("loss_scale") is not None or training.get("loss_scale_source") == "learned":
+        scale = ("learned temperature" if training.get("loss_scale_source") == "learned" else
+                 f"fixed logit scale {training['loss_scale']:.4g} ({training.get('loss_scale_source', 'config')})")
+        lines += [f"Trained with `objective={training.get('objective')}` at {scale}, step {training.get('step')}.", ""]
+    lines += ["Every metric in percent.", ""]
     retrieval = {k: r for k, r in results.items() if any(m.startswith(("i2t", "t2i")) for m in r.get("metrics", {}))}
     other = {k: r for k, r in results.items() if k not in retrieval}
     for group in (retrieval, other):

@@ -26,6 +26,7 @@ def run_record(model, results: Dict[str, dict], checkpoint_hash: str, model_labe
         "context_length": getattr(model, "context_length", None),
         "embed_dim": getattr(model, "embed_dim", None),
         "mask_trained": getattr(model, "mask_trained", None),
+        "training": getattr(model, "training_info", None),
         "smartclip_version": smartclip.__version__,
         "torch_version": torch.__version__,
         "device": str(device),
