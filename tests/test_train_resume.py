@@ -235,8 +235,8 @@ def test_scale_model_is_the_starting_checkpoints_own_temperature_through_train_a
     assert training["loss_scale"] == pytest.approx(expected, rel=1e-7) and training["loss_scale_source"] == "model"
     # so does the run's own resolved config.yaml (the number itself)
     assert train(load_config(run / "config.yaml", ["resume=latest"])).steps == 3
-    # smartclip eval's results say which scale the checkpoint was trained at
+    # smartclip eval says which scale the checkpoint was trained at (the last run gave it as a number)
     from smartclip.eval import markdown_table
     from smartclip.eval.runner import run_record
     model = smartclip.load_checkpoint(result.checkpoint)
-    assert "fixed logit scale 13.06 (model)" in markdown_table(run_record(model, {}, "hash", "run"))
+    assert "fixed logit scale 13.06 (config)" in markdown_table(run_record(model, {}, "hash", "run"))
