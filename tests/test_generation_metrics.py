@@ -153,3 +153,11 @@ def test_evaluate_generation_refuses_missing_folders(tmp_path):
     real_images(1, 32)[0].save(tmp_path / "gen" / "a.png")
     with pytest.raises(IncompletePairsError, match="e.g. a: no image named a"):
         evaluate_generation(tmp_path / "gen", tmp_path, dinov2="x")
+
+
+def test_unreadable_feature_weights_are_one_clear_error(tmp_path):
+    from smartclip.generation.metrics import FidelityFeatures
+    bad = tmp_path / "weights-inception.pth"
+    bad.write_bytes(b"not a state dict")
+    with pytest.raises(ValueError, match="not usable as torch-fidelity's Inception-v3"):
+        FidelityFeatures("inception", bad)

@@ -86,8 +86,13 @@ class FidelityFeatures:
             raise FileNotFoundError(f"{weights_path}: no such weights file for {FIDELITY_EXTRACTORS[name][2]}")
         fidelity_name, self.layer, _ = FIDELITY_EXTRACTORS[name]
         self.name, self.device = name, torch.device(device)
-        self.extractor = create_feature_extractor(fidelity_name, [self.layer], cuda=False, verbose=False,
-                                                  feature_extractor_weights_path=str(weights_path)).to(self.device)
+        try:
+            extractor = create_feature_extractor(fidelity_name, [self.layer], cuda=False, verbose=False,
+                                                 feature_extractor_weights_path=str(weights_path))
+        except Exception as e:  # a truncated download or another model's file: torch.load or load_state_dict
+            raise ValueError(f"{weights_path}: not usable as {FIDELITY_EXTRACTORS[name][2]} "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+        self.extractor = extractor.to(self.device)
 
     @torch.no_grad()
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
