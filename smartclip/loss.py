@@ -18,11 +18,16 @@ from torch import nn
 from .distributed import gather_with_grad, is_distributed, world_info
 
 __all__ = [
-    "modular_logits", "modular_contrastive_loss", "clip_contrastive_loss",
+    "modular_logits", "modular_contrastive_loss", "clip_contrastive_loss", "sparsity_penalty",
     "ModularContrastiveLoss", "ClipContrastiveLoss",
 ]
 
 DEFAULT_EPS = 1e-6
+
+
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """At least float32 (half-precision features from autocast are upcast; float64 is kept)."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 def _check_inputs(image_features, text_features, mask=None):
@@ -47,12 +52,12 @@ def modular_logits(image_features: torch.Tensor, text_features: torch.Tensor, ma
     i, global caption j with its own mask) and ``dism[i, j] = scale <u(j, i), tn_i>`` (local
     caption i with its mask, global image j). The ``all_*`` default to the local tensors.
     """
-    z = image_features.float()
-    tn = F.normalize(text_features.float(), dim=-1)
-    m = mask.float()
-    z_all = z if all_image_features is None else all_image_features.float()
-    tn_all = tn if all_text_features is None else F.normalize(all_text_features.float(), dim=-1)
-    m_all = m if all_mask is None else all_mask.float()
+    z = _upcast(image_features)
+    tn = F.normalize(_upcast(text_features), dim=-1)
+    m = _upcast(mask)
+    z_all = z if all_image_features is None else _upcast(all_image_features)
+    tn_all = tn if all_text_features is None else F.normalize(_upcast(all_text_features), dim=-1)
+    m_all = m if all_mask is None else _upcast(all_mask)
 
     def masked_cosine(num, sq_norm):
         return scale * num / sq_norm.clamp_min(eps * eps).sqrt()
@@ -63,6 +68,17 @@ def modular_logits(image_features: torch.Tensor, text_features: torch.Tensor, ma
         return sidm, sidm.t()
     dism = masked_cosine((m * tn) @ z_all.t(), (m * m) @ (z_all * z_all).t())
     return sidm, dism
+
+
+def sparsity_penalty(mask: torch.Tensor) -> torch.Tensor:
+    """The released sparsity term, ``torch.mean(torch.abs(mask))`` on the (STE) mask.
+
+    Its value is the fraction of active dimensions. Its gradient is not that of ``mask.mean()``:
+    an inactive entry of the straight-through mask is exactly ``0 - s + s = 0`` and ``abs`` has
+    gradient 0 there, so only active dimensions are pushed down; inactive ones feel only the
+    alignment terms. (For a soft mask ``s > 0`` the two agree.)
+    """
+    return _upcast(mask).abs().mean()
 
 
 def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor, row_groups=None, col_groups=None):
@@ -91,7 +107,7 @@ def modular_contrastive_loss(image_features: torch.Tensor, text_features: torch.
     return {
         "sidm": _cross_entropy(sidm, labels, groups, groups),
         "dism": _cross_entropy(dism, labels, groups, groups),
-        "sparsity": mask.float().mean(),
+        "sparsity": sparsity_penalty(mask),
     }
 
 
@@ -104,8 +120,8 @@ def clip_contrastive_loss(image_features: torch.Tensor, text_features: torch.Ten
     open_clip's ``ClipLoss``. ``scale`` may be a tensor (the model's ``logit_scale.exp()``).
     """
     _check_inputs(image_features, text_features)
-    img = F.normalize(image_features.float(), dim=-1)
-    txt = F.normalize(text_features.float(), dim=-1)
+    img = F.normalize(_upcast(image_features), dim=-1)
+    txt = F.normalize(_upcast(text_features), dim=-1)
     logits = scale * img @ txt.t()
     labels = torch.arange(img.shape[0], device=img.device)
     i2t = _cross_entropy(logits, labels, groups, groups)
@@ -156,7 +172,7 @@ class ModularContrastiveLoss(nn.Module):
             labels = torch.arange(img.shape[0], device=sidm.device) + offset
             terms = {"sidm": _cross_entropy(sidm, labels, g, all_g),
                      "dism": _cross_entropy(dism, labels, g, all_g),
-                     "sparsity": m.float().mean()}
+                     "sparsity": sparsity_penalty(m)}
         terms["loss"] = self.align_weight * (terms["sidm"] + terms["dism"]) + self.sparsity_weight * terms["sparsity"]
         return terms
 
@@ -185,10 +201,10 @@ class ClipContrastiveLoss(nn.Module):
             terms = clip_contrastive_loss(img, txt, scale=scale, groups=g)
         else:
             all_img, all_txt, all_g = cols
-            img, txt = F.normalize(img.float(), dim=-1), F.normalize(txt.float(), dim=-1)
+            img, txt = F.normalize(_upcast(img), dim=-1), F.normalize(_upcast(txt), dim=-1)
             labels = torch.arange(img.shape[0], device=img.device) + offset
-            i2t = _cross_entropy(scale * img @ F.normalize(all_txt.float(), dim=-1).t(), labels, g, all_g)
-            t2i = _cross_entropy(scale * txt @ F.normalize(all_img.float(), dim=-1).t(), labels, g, all_g)
+            i2t = _cross_entropy(scale * img @ F.normalize(_upcast(all_txt), dim=-1).t(), labels, g, all_g)
+            t2i = _cross_entropy(scale * txt @ F.normalize(_upcast(all_img), dim=-1).t(), labels, g, all_g)
             terms = {"i2t": i2t, "t2i": t2i, "contrastive": (i2t + t2i) / 2}
         terms["loss"] = self.weight * terms["contrastive"]
         return terms

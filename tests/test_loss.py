@@ -14,7 +14,8 @@ from smartclip.model import straight_through_mask
 
 
 def reference_modular_loss(z, t, m, scale=100.0, eps=1e-6, groups=None):
-    """SPEC 3 written literally, with the [N, N, d] tensor the released code builds.
+    """SPEC 3 written literally, with the [N, N, d] tensor the released code builds, and its
+    sparsity term ``torch.mean(torch.abs(use_mask))``.
     ``groups``: pairs of the same image are not each other's negatives."""
     n, dev = z.shape[0], z.device
     tn = t / t.norm(dim=-1, keepdim=True)
@@ -30,7 +31,7 @@ def reference_modular_loss(z, t, m, scale=100.0, eps=1e-6, groups=None):
     return {
         "sidm": torch.nn.functional.cross_entropy(sidm_logits, labels),
         "dism": torch.nn.functional.cross_entropy(dism_logits, labels),
-        "sparsity": m.mean(),
+        "sparsity": torch.mean(torch.abs(m)),
     }
 
 
@@ -57,6 +58,32 @@ def test_values_and_gradients_match_direct_formula(soft, device):
         scale = b.abs().max()
         torch.testing.assert_close(a / scale, b / scale, rtol=1e-5, atol=1e-5)
     assert gl.abs().sum() > 0  # the straight-through estimator lets gradient reach the mask logits
+
+
+def test_sparsity_is_the_released_term_in_value_and_gradient():
+    """float64, hard zeros present: the STE mask's inactive entries are exactly 0, and the
+    released ``mean(|m|)`` sends them no sparsity gradient (``mean(m)`` would)."""
+    z, t, logits = (x.requires_grad_(True) for x in _inputs(n=10, d=12, seed=5, dtype=torch.float64))
+    m = straight_through_mask(torch.sigmoid(logits))
+    inactive = m.detach() == 0
+    assert inactive.any() and (~inactive).any()
+    ours = modular_contrastive_loss(z, t, m)
+    ref = reference_modular_loss(z, t, m)
+    for k in ("sidm", "dism", "sparsity"):
+        torch.testing.assert_close(ours[k], ref[k], rtol=1e-12, atol=1e-12)
+    grads = []
+    for terms in (ours, ref):
+        total = 10 * (terms["sidm"] + terms["dism"]) + 2 * terms["sparsity"]
+        grads.append(torch.autograd.grad(total, (z, t, logits), retain_graph=True))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    # the sparsity term alone: zero gradient on inactive logits, s(1-s)/(n*d) on active ones
+    (g_sparse,) = torch.autograd.grad(ours["sparsity"], logits, retain_graph=True)
+    s = torch.sigmoid(logits.detach())
+    expected = torch.where(inactive, torch.zeros_like(s), s * (1 - s) / m.numel())
+    torch.testing.assert_close(g_sparse, expected, rtol=1e-12, atol=1e-15)
+    (g_linear,) = torch.autograd.grad(m.mean(), logits)
+    assert (g_linear[inactive] > 0).all()  # what the earlier mean(m) did differently
 
 
 def test_several_captions_per_image_are_not_negatives(device):

@@ -194,3 +194,44 @@ def test_resume_refuses_settings_that_change_the_computation(tmp_path, dataset):
     assert train(tiny_config(tmp_path, dataset, "train.steps=2", "eval.specs=[]", "resume=latest")).steps == 2
     changed.resume_check = False
     assert train(changed).steps == 2
+
+
+def test_scale_model_is_the_starting_checkpoints_own_temperature_through_train_and_resume(tmp_path, dataset):
+    """``loss.scale=model`` reads the starting checkpoint's ``logit_scale.exp()`` once; the run's
+    config.yaml, every metrics record and the checkpoints carry the number, and a resume with
+    either the original setting or the resolved config continues with the same value."""
+    start = smartclip.create_model("smartclip-micro")
+    with torch.no_grad():
+        start.logit_scale.fill_(math.log(13.06))
+    start_dir = smartclip.save_checkpoint(start, tmp_path / "start")
+    expected = float(torch.tensor(math.log(13.06)).exp())
+    common = [f"model.name={start_dir}", "loss.scale=model", "eval.specs=[]", "checkpoint.every_steps=1",
+              "train.steps=3"]
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_two(info):
+        if info.step == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(tiny_config(tmp_path, dataset, *common), on_step=stop_after_two)
+    run = tmp_path / "run"
+    assert yaml.safe_load((run / "config.yaml").read_text())["loss"]["scale"] == pytest.approx(expected, rel=1e-7)
+    assert all(r["scale"] == pytest.approx(expected, rel=1e-7) for r in read_metrics(run / "metrics.jsonl", "train"))
+    start_event = [e for e in read_metrics(run / "metrics.jsonl", "event") if e["event"] == "start"][0]
+    assert (start_event["loss_scale"], start_event["loss_scale_source"]) == (pytest.approx(expected), "model")
+    # a start checkpoint with another temperature would be a different computation: refused
+    other_dir = smartclip.save_checkpoint(smartclip.create_model("smartclip-micro"), tmp_path / "other")
+    with pytest.raises(ConfigError, match="loss.scale: checkpoint 13.0"):
+        train(tiny_config(tmp_path, dataset, *common[1:], f"model.name={other_dir}", "resume=latest"))
+    # the original setting resolves again from the start: the resume check passes
+    result = train(tiny_config(tmp_path, dataset, *common, "resume=latest"))
+    assert result.steps == 3
+    resumed = [e for e in read_metrics(run / "metrics.jsonl", "event") if e["event"] == "resume"][-1]
+    assert resumed["loss_scale"] == pytest.approx(expected, rel=1e-7)
+    training = smartclip.checkpoint.read_config(result.checkpoint)["training"]
+    assert training["loss_scale"] == pytest.approx(expected, rel=1e-7) and training["loss_scale_source"] == "model"
+    # so does the run's own resolved config.yaml (the number itself)
+    assert train(load_config(run / "config.yaml", ["resume=latest"])).steps == 3

@@ -61,20 +61,24 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """Loss weights. ``scale``: fixed logit scale (SPEC 3 uses 100 for both objectives so an
-    ablation changes one thing); ``null`` learns CLIP's temperature (``objective=clip`` only).
-    ``full_mask`` forces the mask to all ones: SmartCLIP's loss with m = 1, a control."""
+    """Loss weights. ``scale``: the fixed logit scale (SPEC 3: 100, which is OpenAI CLIP's own
+    learned ``logit_scale.exp()``); ``model``: the starting checkpoint's own learned
+    ``logit_scale.exp()``, read once when the run starts and written as a number into the run's
+    ``config.yaml`` (so a resume uses the same value); ``null`` learns CLIP's temperature
+    (``objective=clip`` only). ``full_mask`` forces the mask to all ones: SmartCLIP's loss with
+    m = 1, a control."""
     align_weight: float = 10.0
     sparsity_weight: float = 2.0
-    scale: Optional[float] = 100.0
+    scale: Union[float, Literal["model"], None] = 100.0
     full_mask: bool = False
     local_loss: bool = True
 
     def validate(self, prefix="loss"):
         _non_negative(self.align_weight, f"{prefix}.align_weight")
         _non_negative(self.sparsity_weight, f"{prefix}.sparsity_weight")
-        if self.scale is not None and not self.scale > 0:
-            raise ConfigError(f"{prefix}.scale: must be > 0 (or null to learn it), got {self.scale}")
+        if isinstance(self.scale, float) and not (self.scale > 0 and math.isfinite(self.scale)):
+            raise ConfigError(f"{prefix}.scale: must be a number > 0, 'model' (the starting checkpoint's own "
+                              f"logit_scale.exp()) or null (learned), got {self.scale}")
 
 
 @dataclass

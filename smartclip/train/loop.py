@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import os
@@ -128,6 +129,20 @@ def _build_model(cfg: TrainConfig, device: torch.device):
     return model.to(device).train()
 
 
+def _resolve_scale(cfg: TrainConfig, model) -> tuple[TrainConfig, str]:
+    """``loss.scale=model`` becomes the starting checkpoint's own ``logit_scale.exp()``, read once
+    before any step (and before resume weights load: the start is what defines it), so the run's
+    ``config.yaml`` and every checkpoint carry the number. Returns a copy of ``cfg`` and where
+    the scale comes from: ``model``, ``config`` or ``learned``."""
+    if cfg.loss.scale is None:
+        return cfg, "learned"
+    if cfg.loss.scale != "model":
+        return cfg, "config"
+    cfg = copy.deepcopy(cfg)
+    cfg.loss.scale = float(model.logit_scale.detach().exp().cpu())
+    return cfg, "model"
+
+
 def _check_eval_specs(cfg: TrainConfig):
     """Build every benchmark once, so a typo or missing data fails before training, not at step N."""
     try:
@@ -186,14 +201,14 @@ def _train(cfg: TrainConfig, world: WorldInfo, on_step) -> TrainResult:
     if resume_from is None and ckpt.latest_checkpoint(run_dir) is not None and resume is None:
         raise ConfigError(f"run_dir={run_dir} already holds checkpoints; pass resume=latest to continue that "
                           "run, or choose another run_dir")
+    device = _device(cfg.train, world)
+    torch.manual_seed(cfg.seed)
+    model = _build_model(cfg, device)
+    cfg, scale_source = _resolve_scale(cfg, model)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run_dir / "config.yaml")
     _barrier()
-
-    device = _device(cfg.train, world)
-    torch.manual_seed(cfg.seed)
-    model = _build_model(cfg, device)
     if resume_from is not None:
         from smartclip.checkpoint import read_weights
         state, _ = read_weights(resume_from)
@@ -246,11 +261,14 @@ def _train(cfg: TrainConfig, world: WorldInfo, on_step) -> TrainResult:
     monitor = RunMonitor(run_dir, total_steps=total_steps, start_step=step, enabled=world.is_main,
                          progress=cfg.train.progress, tensorboard=cfg.train.tensorboard)
     if resume_from is not None:
-        monitor.event(step, "resume", checkpoint=str(resume_from))
-        monitor.message(f"resumed from {resume_from} at step {step}")
+        monitor.event(step, "resume", checkpoint=str(resume_from), loss_scale=cfg.loss.scale,
+                      loss_scale_source=scale_source)
+        monitor.message(f"resumed from {resume_from} at step {step}; {_describe_scale(cfg, scale_source)}")
     else:
         monitor.event(0, "start", world_size=world.world_size, device=str(device), total_steps=total_steps,
-                      local_batch=local_batch, batches_per_epoch=len(data))
+                      local_batch=local_batch, batches_per_epoch=len(data), loss_scale=cfg.loss.scale,
+                      loss_scale_source=scale_source)
+        monitor.message(_describe_scale(cfg, scale_source))
 
     def save(at_step: int) -> Path:
         trainer_state = {"step": at_step, "samples_seen": samples_seen, "world_size": world.world_size,
@@ -259,7 +277,8 @@ def _train(cfg: TrainConfig, world: WorldInfo, on_step) -> TrainResult:
                          "nonfinite_total": nonfinite_total, "nonfinite_in_row": nonfinite_row,
                          "config": config_to_dict(cfg)}
         rank_state = {"rng": ckpt.rng_state(), "data": data.state_dict()}
-        extra = {"training": {"step": at_step, "objective": cfg.objective, "run_dir": str(run_dir)}}
+        extra = {"training": {"step": at_step, "objective": cfg.objective, "run_dir": str(run_dir),
+                              "loss_scale": cfg.loss.scale, "loss_scale_source": scale_source}}
         path = ckpt.save_training_checkpoint(run_dir, at_step, model=model, trainer_state=trainer_state,
                                              rank_state=rank_state, rank=world.rank,
                                              keep_last=cfg.checkpoint.keep_last, extra=extra)
@@ -356,6 +375,13 @@ def _train(cfg: TrainConfig, world: WorldInfo, on_step) -> TrainResult:
             log.info("matplotlib is not installed; no plots")
     return TrainResult(run_dir=run_dir, checkpoint=last_ckpt, steps=step, metrics=last_metrics, eval=last_eval,
                        nonfinite_skipped=nonfinite_total, data_stats=data_stats)
+
+
+def _describe_scale(cfg: TrainConfig, source: str) -> str:
+    if source == "learned":
+        return "loss scale learned (CLIP's temperature)"
+    origin = "the starting checkpoint's own logit_scale.exp()" if source == "model" else "fixed in the config"
+    return f"loss scale {cfg.loss.scale:.4g} ({origin})"
 
 
 def _eval_step(model, cfg, device, world, monitor, step) -> Dict[str, dict]:

@@ -94,7 +94,8 @@ class ContrastiveStep:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return flag.item() == 0.0
 
-    def _summary(self, terms, mask_probs, n_dims) -> Dict[str, float]:
+    def _summary(self, terms, mask_probs, n_dims, logit_scale) -> Dict[str, float]:
+        """Loss terms averaged over processes, the logit scale the loss used, mask statistics."""
         names = sorted(terms)
         values = torch.stack([terms[k].detach().float().reshape(()) for k in names])
         if self.predict_mask:
@@ -110,6 +111,8 @@ class ContrastiveStep:
                 dist.all_reduce(lo, op=dist.ReduceOp.MIN)
                 dist.all_reduce(hi, op=dist.ReduceOp.MAX)
         out = {k: float(v) for k, v in zip(names, values.tolist())}
+        fixed = getattr(self.loss_fn, "scale", None)
+        out["scale"] = float(fixed) if fixed is not None else float(logit_scale.detach())
         if self.predict_mask:
             out.update({"mask_active_mean": float(stats[0] / stats[1]), "mask_active_min": float(lo),
                         "mask_active_max": float(hi), "mask_active_frac": float(stats[0] / stats[1]) / n_dims})
@@ -135,7 +138,7 @@ class ContrastiveStep:
         out = self._forward(self.forward_module, images, tokens)
         terms = self._loss(out["image_features"], out["text_features"], out.get("mask"),
                            out["logit_scale"], image_index)
-        summary = self._summary(terms, out.get("mask_probs"), out["text_features"].shape[-1])
+        summary = self._summary(terms, out.get("mask_probs"), out["text_features"].shape[-1], out["logit_scale"])
         if not self._all_finite(terms["loss"]):
             return StepOutput(summary, False)
         self._scaled(terms["loss"]).backward()
@@ -164,7 +167,7 @@ class ContrastiveStep:
 
         # 2. loss and its gradient with respect to the cached features
         terms = self._loss(leaves["image"], leaves["text"], leaves.get("mask"), scale, image_index)
-        summary = self._summary(terms, mask_probs, text_feats.shape[-1])
+        summary = self._summary(terms, mask_probs, text_feats.shape[-1], scale)
         if not self._all_finite(terms["loss"]):
             return StepOutput(summary, False)
         self._scaled(terms["loss"]).backward()
