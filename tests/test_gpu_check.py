@@ -28,8 +28,8 @@ def _load_module():
 @pytest.mark.slow
 def test_quick_run_on_the_cpu_fills_every_section(tmp_path):
     out = tmp_path / "check"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--quick", "--out", str(out),
+                           "--budget", "900"], capture_output=True, text=True, timeout=1000)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
     sections = report["sections"]
@@ -96,3 +96,18 @@ def test_a_failing_or_slow_section_loses_nothing_else(tmp_path):
     assert saved["late"]["status"] == "skipped" and "budget" in saved["late"]["error"]
     markdown = (tmp_path / "gpu_check.md").read_text()
     assert "| broken | failed |" in markdown and "| slow | timeout |" in markdown
+
+
+def test_pytest_verdict_tells_failures_from_test_files_this_machine_cannot_import():
+    gpu_check = _load_module()
+    missing = ("ERROR tests/test_search.py - ModuleNotFoundError: No module named 'faiss'\n"
+               "==== 40 passed, 1 error in 9.1s ====\n")
+    assert gpu_check.pytest_verdict(1, gpu_check._pytest_summary("....\n" + missing)) == (
+        "ok", "1 test file(s) not collected: tests/test_search.py - ModuleNotFoundError: No module named 'faiss'")
+    failed = "FAILED tests/test_cuda.py::test_bf16_step_on_cuda[4-clip] - AssertionError\n==== 1 failed, 9 passed ===="
+    status, note = gpu_check.pytest_verdict(1, gpu_check._pytest_summary(failed))
+    assert status == "failed" and "1 failed" in note
+    errored = "ERROR tests/test_cuda.py::test_x - RuntimeError: CUDA error\n==== 1 error in 2s ===="
+    assert gpu_check.pytest_verdict(1, gpu_check._pytest_summary(errored))[0] == "failed"
+    assert gpu_check.pytest_verdict(0, gpu_check._pytest_summary("==== 19 skipped in 5s ====")) == ("ok", "")
+    assert gpu_check.pytest_verdict(None, gpu_check._pytest_summary("...."))[0] == "timeout"
