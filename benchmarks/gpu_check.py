@@ -583,9 +583,7 @@ SECTIONS = [  # name, nominal time limit (s) on a GPU, function
 def _fmt(value, digits=2):
     if value is None:
         return ""
-    if isinstance(value, float):
-        return f"{value:.{digits}f}" if value == value else "n/a"
-    return str(value)
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 def render_markdown(data: dict) -> str:
