@@ -9,10 +9,12 @@ Our format is a directory::
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 import logging
 import os
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -22,12 +24,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .hf import SMARTCLIP_HF_NAME
 from .model import SmartCLIP, stretch_positional_embedding
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_config", "read_weights", "detect_format",
            "load_weights_checked", "infer_config_from_state_dict", "export", "state_dict_hash",
-           "stretch_to_model", "is_torchscript",
-           "CheckpointError", "CONFIG_NAME", "WEIGHTS_NAME"]
+           "stretch_to_model", "is_torchscript", "find_checkpoint", "missing_path_message", "save_tensors",
+           "set_default_file_mode",
+           "CheckpointError", "ModelNotFoundError", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 log = logging.getLogger(__name__)
 CONFIG_NAME = "smartclip_config.json"
@@ -38,6 +42,110 @@ _JIT_EXTRAS = ("input_resolution", "context_length", "vocab_size", "attn_mask") 
 
 class CheckpointError(ValueError):
     """A checkpoint file that is missing, truncated, foreign or does not fit the model."""
+
+
+class ModelNotFoundError(CheckpointError):
+    """A model as a user wrote it (``--model``, a config's ``model.name``) that names nothing
+    loadable: a path that does not exist, a training run folder, a folder without a
+    checkpoint, an unknown name or tag, weights that cannot be downloaded. The message is one
+    line that says which, and what to pass instead."""
+
+
+# ------------------------------------------------------------------------ finding a checkpoint
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+_STEP_NAME = re.compile(r"step_(\d+)$")
+
+
+def _listing(folder: Path, limit: int = 5) -> str:
+    try:
+        entries = sorted(os.listdir(folder))
+    except OSError:
+        return ""
+    return ", ".join(entries[:limit]) + (f", ... ({len(entries)} entries)" if len(entries) > limit else "")
+
+
+def missing_path_message(path) -> str:
+    """One line about a path that does not exist: the part that is missing, and what its
+    deepest existing folder holds (the closest names first)."""
+    shown, path = str(path), Path(path)
+    missing, anchor = path, path.parent
+    while not anchor.exists() and anchor != anchor.parent:
+        missing, anchor = anchor, anchor.parent
+    text = f"{shown} does not exist" + (f" (nor does {missing})" if missing != path else "")
+    where = f"the current folder ({Path.cwd()})" if str(anchor) in ("", ".") else str(anchor)
+    try:
+        entries = sorted(os.listdir(anchor))
+    except OSError:
+        return text
+    close = difflib.get_close_matches(missing.name, entries, n=3, cutoff=0.5)
+    if close:
+        return text + f"; did you mean {', '.join(str(anchor / c) for c in close)}?"
+    return text + (f"; {where} holds {_listing(anchor)}" if entries else f"; {where} is empty")
+
+
+def _checkpoints_below(folder: Path):
+    """Our checkpoint folders one or two levels below ``folder`` (a run folder holds
+    ``checkpoints/step_N``), latest last: by step number, then modification time."""
+    found = {p.parent for pattern in (f"*/{CONFIG_NAME}", f"*/*/{CONFIG_NAME}") for p in folder.glob(pattern)}
+
+    def order(p: Path):
+        m = _STEP_NAME.match(p.name)
+        return (int(m.group(1)) if m else -1, p.stat().st_mtime)
+    return sorted(found, key=order)
+
+
+def find_checkpoint(path) -> Path:
+    """``path`` when it is a checkpoint ``smartclip.load`` reads (a file, one of our folders, a
+    Hugging Face export); otherwise :class:`ModelNotFoundError` saying what it is instead: a
+    path that does not exist, a training run folder (naming its latest checkpoint) or a folder
+    without a checkpoint (naming the weight files in it, if any)."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelNotFoundError(missing_path_message(path))
+    if path.is_file() or (path / CONFIG_NAME).is_file() or (path / SMARTCLIP_HF_NAME).is_file():
+        return path
+    is_run = (path / "config.yaml").is_file() and (path / "metrics.jsonl").is_file()
+    found = _checkpoints_below(path)
+    if found:
+        kind = "a training run folder" if is_run else f"a folder of {len(found)} checkpoint(s)"
+        raise ModelNotFoundError(f"{path} is {kind}, not a checkpoint; its latest checkpoint is {found[-1]}: "
+                                 "pass that")
+    if is_run:
+        raise ModelNotFoundError(f"{path} is a training run folder without a checkpoint yet (one is written every "
+                                 "checkpoint.every_steps steps and at the end)")
+    weights = sorted(p.name for p in path.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    if weights:
+        raise ModelNotFoundError(f"{path} is a folder, not a checkpoint (no {CONFIG_NAME}); to load a weights file "
+                                 f"in it, pass the file: {', '.join(str(path / w) for w in weights[:3])}")
+    listing = _listing(path)
+    raise ModelNotFoundError(f"{path} is a folder without a checkpoint: no {CONFIG_NAME} (smartclip's format), "
+                             f"no Hugging Face export, no .pt/.bin/.safetensors file"
+                             + (f" (it holds {listing})" if listing else " (it is empty)"))
+
+
+# ------------------------------------------------------------------------------ writing files
+def _file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the process umask."""
+    try:  # Linux says it without changing it
+        with open("/proc/self/status") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
+def set_default_file_mode(path):
+    """Give ``path`` the mode every other file the project writes gets. safetensors (also
+    inside transformers' ``save_pretrained``) creates its files readable by their owner only."""
+    os.chmod(path, _file_mode())
+
+
+def save_tensors(tensors: Dict[str, torch.Tensor], path, metadata: Optional[dict] = None) -> Path:
+    """safetensors' ``save_file``, the file with the usual mode (see :func:`set_default_file_mode`)."""
+    save_file(tensors, str(path), metadata=metadata)
+    set_default_file_mode(path)
+    return Path(path)
 
 
 # ------------------------------------------------------------------------------ our format
@@ -51,8 +159,7 @@ def save_checkpoint(model: SmartCLIP, path, extra: Optional[dict] = None) -> Pat
         "format_version": FORMAT_VERSION,
         "model_name": getattr(model, "model_name", "custom"),
         "model_cfg": model.model_cfg,
-        "options": {"keep": model.keep, "ratio": model.ratio, "soft_mask": model.soft_mask,
-                    "mask_padding": model.mask_padding},
+        "options": model.options,
         "preprocess_cfg": model.preprocess_cfg,
         "context_length": model.context_length,
         "embed_dim": model.embed_dim,
@@ -61,7 +168,7 @@ def save_checkpoint(model: SmartCLIP, path, extra: Optional[dict] = None) -> Pat
     }
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     tmp_weights, tmp_config = path / (WEIGHTS_NAME + ".tmp"), path / (CONFIG_NAME + ".tmp")
-    save_file(tensors, str(tmp_weights), metadata={"format": "smartclip"})
+    save_tensors(tensors, tmp_weights, metadata={"format": "smartclip"})
     tmp_config.write_text(json.dumps(config, indent=2))
     os.replace(tmp_weights, path / WEIGHTS_NAME)
     os.replace(tmp_config, path / CONFIG_NAME)
@@ -287,7 +394,7 @@ def export(model: SmartCLIP, path, format: str = "open_clip") -> Path:
     state = {k: v.detach().cpu().float().contiguous() for k, v in model.state_dict().items()
              if not k.startswith("mask_net.") and k != "positional_embedding_res"}
     state["positional_embedding"] = model.merged_positional_embedding().detach().cpu().float().contiguous()
-    save_file(state, str(path / "open_clip_model.safetensors"))
+    save_tensors(state, path / "open_clip_model.safetensors")
     (path / "open_clip_config.json").write_text(json.dumps(
         {"model_cfg": model_cfg, "preprocess_cfg": model.preprocess_cfg}, indent=2))
     return path

@@ -287,12 +287,14 @@ def export_hf(model: SmartCLIP, path) -> Path:
     mask_state = {k[len("mask_net."):]: v.detach().to("cpu", torch.float32).contiguous()
                   for k, v in model.state_dict().items() if k.startswith("mask_net.")}
     save_file(mask_state, str(path / MASK_NET_NAME), metadata={"format": "smartclip-mask-net"})
+    from .checkpoint import set_default_file_mode  # that module imports this one
+    for weights in path.glob("*.safetensors"):
+        set_default_file_mode(weights)
     (path / SMARTCLIP_HF_NAME).write_text(json.dumps({
         "format": "smartclip-hf",
         "model_name": getattr(model, "model_name", "custom"),
         "model_cfg": model.model_cfg,
-        "options": {"keep": model.keep, "ratio": model.ratio, "soft_mask": model.soft_mask,
-                    "mask_padding": model.mask_padding},
+        "options": model.options,
         "preprocess_cfg": model.preprocess_cfg,
         "mask_trained": bool(getattr(model, "mask_trained", True)),
         "mask_net_file": MASK_NET_NAME,

@@ -19,6 +19,7 @@ from .distributed import gather_with_grad, is_distributed, world_info
 
 __all__ = [
     "modular_logits", "modular_contrastive_loss", "clip_contrastive_loss", "sparsity_penalty",
+    "sentence_structure_terms",
     "ModularContrastiveLoss", "ClipContrastiveLoss",
 ]
 
@@ -140,6 +141,36 @@ def _gathered(local_loss: bool, *tensors):
     return tensors, gathered, world_info().rank * tensors[0].shape[0]
 
 
+def sentence_structure_terms(caption_probs: torch.Tensor, sentence_probs: torch.Tensor, owner: torch.Tensor,
+                             num_captions: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """Two terms tying a caption's mask to its sentences' masks (an opt-in variant).
+
+    ``caption_probs`` [n, d] mask probabilities of the captions, ``sentence_probs`` [S, d] those of
+    their sentences on their own, ``owner`` [S] the caption of each sentence. For a caption c with
+    sentences s = 1..k (k >= 2; a one-sentence caption contributes 0):
+
+    * ``union``: ``mean_d (p_c - u_c)^2`` with ``u_c = 1 - prod_s (1 - q_s)`` (the soft OR of its
+      sentences' masks): a caption selects what its sentences select, and nothing else;
+    * ``exclusive``: ``mean_{s<t} mean_d q_s q_t``: sentences of one caption (in long captions,
+      different objects or aspects) select different dimensions.
+
+    Both are summed over captions and divided by ``num_captions`` (default n), so the terms of
+    micro-batches add up to those of the whole batch."""
+    n, d = caption_probs.shape
+    num_captions = n if num_captions is None else num_captions
+    zeros = caption_probs.new_zeros((n, d))
+    q = sentence_probs.to(zeros.dtype)
+    counts = torch.bincount(owner, minlength=n).to(zeros.dtype)
+    multi = counts >= 2
+    log_none = zeros.index_add(0, owner, torch.log1p(-q.clamp(max=1 - 1e-6)))
+    union = 1 - log_none.exp()
+    union_term = (((caption_probs - union) ** 2).mean(1) * multi).sum() / num_captions
+    first, second = zeros.index_add(0, owner, q), zeros.index_add(0, owner, q * q)
+    pairs = (counts * (counts - 1) / 2).clamp(min=1)
+    exclusive_term = ((0.5 * (first ** 2 - second)).mean(1) / pairs * multi).sum() / num_captions
+    return {"union": union_term, "exclusive": exclusive_term}
+
+
 class ModularContrastiveLoss(nn.Module):
     """Weighted modular loss over every process's batch.
 
@@ -151,16 +182,50 @@ class ModularContrastiveLoss(nn.Module):
     averages over its own rows; otherwise every rank computes the whole-batch loss. Either
     way, gradients averaged across ranks (DDP) equal the single-process gradient on the
     concatenated batch.
+
+    Opt-in variants (all off by default, which is the released loss): ``sparsity_target``
+    makes the sparsity weight a Lagrange multiplier (buffer ``multiplier``, starting at
+    ``sparsity_weight``) that :meth:`dual_step` moves by ``dual_lr * (active - target)`` after
+    every step, floored at 0; ``mask_l0`` given to ``forward`` (hard-concrete gates) replaces the
+    sparsity term by the gates' expected L0; :meth:`structure_terms` weighs
+    :func:`sentence_structure_terms` by ``union_weight`` / ``exclusive_weight``.
     """
 
     def __init__(self, align_weight: float = 10.0, sparsity_weight: float = 2.0, scale: float = 100.0,
-                 local_loss: bool = True, eps: float = DEFAULT_EPS):
+                 local_loss: bool = True, eps: float = DEFAULT_EPS, sparsity_target: Optional[float] = None,
+                 dual_lr: float = 10.0, union_weight: float = 0.0, exclusive_weight: float = 0.0):
         super().__init__()
         self.align_weight, self.sparsity_weight = align_weight, sparsity_weight
         self.scale, self.local_loss, self.eps = scale, local_loss, eps
+        self.sparsity_target, self.dual_lr = sparsity_target, dual_lr
+        self.union_weight, self.exclusive_weight = union_weight, exclusive_weight
+        # the Lagrange multiplier of the target-fraction variant (saved with the trainer state)
+        self.register_buffer("multiplier", torch.tensor(float(sparsity_weight), dtype=torch.float64))
+
+    @property
+    def uses_sentences(self) -> bool:
+        return self.union_weight > 0 or self.exclusive_weight > 0
+
+    def current_sparsity_weight(self) -> float:
+        return float(self.multiplier) if self.sparsity_target is not None else self.sparsity_weight
+
+    def dual_step(self, active_fraction: float) -> None:
+        """Dual ascent on the multiplier: up while more than the target is active, down (not
+        below 0) while less. ``active_fraction`` is the step's sparsity term, averaged over
+        processes, so every process keeps the same multiplier."""
+        if self.sparsity_target is not None:
+            self.multiplier.add_(self.dual_lr * (active_fraction - self.sparsity_target)).clamp_(min=0.0)
+
+    def structure_terms(self, caption_probs: torch.Tensor, sentence_probs: torch.Tensor, owner: torch.Tensor,
+                        num_captions: Optional[int] = None) -> Dict[str, torch.Tensor]:
+        """The sentence-structure terms and their weighted sum ``structure``."""
+        terms = sentence_structure_terms(caption_probs, sentence_probs, owner, num_captions)
+        terms["structure"] = self.union_weight * terms["union"] + self.exclusive_weight * terms["exclusive"]
+        return terms
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, mask: torch.Tensor,
-                groups: Optional[torch.Tensor] = None, **_unused) -> Dict[str, torch.Tensor]:
+                groups: Optional[torch.Tensor] = None, mask_l0: Optional[torch.Tensor] = None,
+                **_unused) -> Dict[str, torch.Tensor]:
         _check_inputs(image_features, text_features, mask)
         rows, cols, offset = _gathered(self.local_loss, image_features, text_features, mask, groups)
         img, txt, m, g = rows
@@ -173,7 +238,12 @@ class ModularContrastiveLoss(nn.Module):
             terms = {"sidm": _cross_entropy(sidm, labels, g, all_g),
                      "dism": _cross_entropy(dism, labels, g, all_g),
                      "sparsity": sparsity_penalty(m)}
-        terms["loss"] = self.align_weight * (terms["sidm"] + terms["dism"]) + self.sparsity_weight * terms["sparsity"]
+        if mask_l0 is not None:  # hard-concrete gates: their expected L0, over this process's captions
+            terms["sparsity"] = _upcast(mask_l0).mean()
+        weight = self.current_sparsity_weight()
+        terms["loss"] = self.align_weight * (terms["sidm"] + terms["dism"]) + weight * terms["sparsity"]
+        if self.sparsity_target is not None:
+            terms["sparsity_multiplier"] = self.multiplier.detach().clone()
         return terms
 
 

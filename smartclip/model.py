@@ -16,7 +16,8 @@ from torch import nn
 from open_clip.model import CLIP
 from open_clip.transformer import ResidualAttentionBlock, text_global_pool
 
-__all__ = ["stretch_positional_embedding", "MaskNetwork", "SmartCLIP", "straight_through_mask"]
+__all__ = ["stretch_positional_embedding", "MaskNetwork", "SmartCLIP", "straight_through_mask", "hard_concrete_gate",
+           "MASK_GATES"]
 
 
 def stretch_positional_embedding(P: torch.Tensor, keep: int = 20, ratio: int = 4) -> torch.Tensor:
@@ -44,6 +45,30 @@ def straight_through_mask(probs: torch.Tensor) -> torch.Tensor:
     """Hard 0/1 mask in the forward pass, the gradient of ``probs`` in the backward pass."""
     hard = (probs >= 0.5).to(probs.dtype)
     return hard - probs.detach() + probs
+
+
+MASK_GATES = ("ste", "hard_concrete")
+HARD_CONCRETE_STRETCH = (-0.1, 1.1)  # (gamma, zeta) of Louizos, Welling & Kingma (2018)
+
+
+def hard_concrete_gate(logits: torch.Tensor, temperature: float, sample: bool,
+                       stretch: Tuple[float, float] = HARD_CONCRETE_STRETCH) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Hard-concrete gates (the L0 relaxation of Louizos et al., 2018) and their expected L0.
+
+    ``sample``: ``s = sigmoid((log u - log(1 - u) + logits) / temperature)`` with ``u ~ U(0, 1)``;
+    otherwise ``s = sigmoid(logits)``. The gate ``clamp(s (zeta - gamma) + gamma, 0, 1)`` is exactly
+    0 or 1 with positive probability and differentiable in between; ``P(gate != 0) =
+    sigmoid(logits - temperature * log(-gamma / zeta))`` is the expected L0, a differentiable
+    sparsity penalty. Returns ``(gate, expected_l0)``."""
+    gamma, zeta = stretch
+    if sample:
+        u = torch.rand_like(logits).clamp(1e-6, 1 - 1e-6)
+        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + logits) / temperature)
+    else:
+        s = torch.sigmoid(logits)
+    gate = (s * (zeta - gamma) + gamma).clamp(0.0, 1.0)
+    expected_l0 = torch.sigmoid(logits - temperature * math.log(-gamma / zeta))
+    return gate, expected_l0
 
 
 class AttentionPool(nn.Module):
@@ -122,7 +147,11 @@ class SmartCLIP(nn.Module):
 
     Built from an open_clip ``CLIP``; takes over its modules so the state dict keeps
     the OpenAI names. ``keep`` and ``ratio`` define the positional stretch
-    (context = keep + ratio * (L - keep), 248 for CLIP's 77).
+    (context = keep + ratio * (L - keep), 248 for CLIP's 77). ``soft_mask``: train with
+    ``sigmoid(logits)`` instead of the straight-through hard mask; ``mask_padding``: the mask
+    network ignores padding; ``mask_gate="hard_concrete"``: in training, sampled hard-concrete
+    gates at temperature ``mask_temperature`` (an opt-in variant; inference thresholds
+    ``sigmoid(logits)`` at 0.5 either way).
     """
 
     def __init__(
@@ -132,8 +161,11 @@ class SmartCLIP(nn.Module):
         ratio: int = 4,
         soft_mask: bool = False,
         mask_padding: bool = False,
+        mask_gate: str = "ste",
     ):
         super().__init__()
+        if mask_gate not in MASK_GATES:
+            raise ValueError(f"mask_gate must be one of {MASK_GATES}, got {mask_gate!r}")
         if not isinstance(clip, CLIP) or not hasattr(clip, "token_embedding"):
             raise TypeError(
                 "SmartCLIP needs an open_clip CLIP with the built-in text transformer "
@@ -150,7 +182,8 @@ class SmartCLIP(nn.Module):
         self.text_eos_id = clip.text_eos_id
         self.causal = clip.attn_mask is not None
         self.keep, self.ratio = keep, ratio
-        self.soft_mask, self.mask_padding = soft_mask, mask_padding
+        self.soft_mask, self.mask_padding, self.mask_gate = soft_mask, mask_padding, mask_gate
+        self.mask_temperature = 2 / 3  # of the hard-concrete gates; the training loop anneals it
 
         base = clip.positional_embedding.detach()
         stretched = stretch_positional_embedding(base, keep, ratio) if ratio > 1 else base.clone()
@@ -175,6 +208,12 @@ class SmartCLIP(nn.Module):
     def embed_dim(self) -> int:
         proj = self.text_projection
         return proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1]
+
+    @property
+    def options(self) -> Dict[str, object]:
+        """The construction options a checkpoint records (``create_model(..., **options)``)."""
+        return {"keep": self.keep, "ratio": self.ratio, "soft_mask": self.soft_mask,
+                "mask_padding": self.mask_padding, "mask_gate": self.mask_gate}
 
     @property
     def text_width(self) -> int:
@@ -229,6 +268,29 @@ class SmartCLIP(nn.Module):
             pooled = pooled @ self.text_projection
         return pooled, sequence
 
+    def text_token_features(self, tokens: torch.Tensor, hidden_state: Optional[int] = None
+                            ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(projected EOT features [B, embed_dim], per-token features [B, context, width]) over
+        the whole context, padding included (what a diffusion model's cross-attention reads).
+        ``hidden_state=None``: the final-LayerNorm output (Long-CLIP's choice); an index ``i``
+        into (embeddings, output of block 1, ..., output of block n), before any norm, as Hugging
+        Face's ``hidden_states[i]``: ``-2`` is the penultimate layer (diffusers' SDXL choice)."""
+        if hidden_state is None:
+            return self._text_tower(tokens, trim=False)
+        blocks = self.transformer.resblocks
+        index = range(len(blocks) + 1)[hidden_state]  # IndexError names a bad index
+        captured = []
+        if index < len(blocks):  # the input of block ``index``
+            hook = blocks[index].register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+        else:
+            hook = blocks[-1].register_forward_hook(lambda m, args, out: captured.append(out))
+        try:
+            pooled, _ = self._text_tower(tokens, trim=False)
+        finally:
+            hook.remove()
+        sequence = captured[0] if self.transformer.batch_first else captured[0].transpose(0, 1)
+        return pooled, sequence
+
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False, trim: bool = True) -> torch.Tensor:
         """Text embeddings. ``trim`` drops padding after the longest text (same values)."""
         features, _ = self._text_tower(tokens, trim=trim)
@@ -238,26 +300,48 @@ class SmartCLIP(nn.Module):
         positions = torch.arange(tokens.shape[1], device=tokens.device)
         return positions[None, :] > self._eot_index(tokens)[:, None]
 
-    def _mask_from_sequence(self, sequence: torch.Tensor, tokens: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def _mask_logits(self, sequence: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         pad = self._padding(tokens[:, : sequence.shape[1]]) if self.mask_padding else None
-        logits = self.mask_net(sequence.detach(), pad)  # no gradient into the text encoder
+        return self.mask_net(sequence.detach(), pad)  # no gradient into the text encoder
+
+    def _mask_from_sequence(self, sequence: torch.Tensor, tokens: torch.Tensor) -> Dict[str, torch.Tensor]:
+        logits = self._mask_logits(sequence, tokens)
         probs = torch.sigmoid(logits.float())
-        mask = probs if self.soft_mask else straight_through_mask(probs)
-        return {"mask": mask, "mask_probs": probs, "mask_logits": logits}
+        out = {"mask_probs": probs, "mask_logits": logits}
+        if self.mask_gate == "hard_concrete":
+            out["mask"], out["mask_l0"] = hard_concrete_gate(logits.float(), self.mask_temperature, self.training)
+        else:
+            out["mask"] = probs if self.soft_mask else straight_through_mask(probs)
+        return out
 
     def text_mask(self, tokens: torch.Tensor, soft: Optional[bool] = None) -> torch.Tensor:
         """The mask [n, embed_dim] each text selects: hard 0/1 with a straight-through
         gradient, or the sigmoid probabilities with ``soft=True``."""
         # with mask_padding the padding is ignored anyway, so trimming is exact
         _, sequence = self._text_tower(tokens, trim=self.mask_padding)
-        out = self._mask_from_sequence(sequence, tokens)
+        probs = torch.sigmoid(self._mask_logits(sequence, tokens).float())
         soft = self.soft_mask if soft is None else soft
-        return out["mask_probs"] if soft else straight_through_mask(out["mask_probs"])
+        return probs if soft else straight_through_mask(probs)
+
+    def sentence_mask_probs(self, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Mask probabilities of every sentence of every caption on its own: ``(probs [S, embed_dim],
+        owner [S])``, ``owner[k]`` the caption row sentence ``k`` comes from. Sentences end at a
+        period token (``smartclip.tokenizer.split_sentences``). The text tower runs without a graph
+        (the mask network reads it detached anyway); gradients reach the mask network."""
+        from .tokenizer import split_sentences
+        sentences, owner = split_sentences(tokens, self._eot_index(tokens))
+        if not len(sentences):
+            return tokens.new_zeros((0, self.embed_dim), dtype=torch.float32), owner
+        with torch.no_grad():
+            _, sequence = self._text_tower(sentences, trim=self.mask_padding)
+        return torch.sigmoid(self._mask_logits(sequence, sentences).float()), owner
 
     def forward(self, images: Optional[torch.Tensor] = None, tokens: Optional[torch.Tensor] = None,
-                with_mask: bool = True) -> Dict[str, torch.Tensor]:
+                with_mask: bool = True, with_sentences: bool = False) -> Dict[str, torch.Tensor]:
         """What the losses need: unnormalised ``image_features``, raw ``text_features``,
-        ``mask`` (STE or soft), ``mask_probs``, ``mask_logits`` and ``logit_scale``."""
+        ``mask`` (STE, soft or hard-concrete), ``mask_probs``, ``mask_logits``, ``mask_l0``
+        (hard-concrete gates only) and ``logit_scale``; with ``with_sentences``, also
+        ``sentence_probs`` / ``sentence_owner`` (:meth:`sentence_mask_probs`)."""
         out: Dict[str, torch.Tensor] = {"logit_scale": self.logit_scale.exp()}
         if images is not None:
             out["image_features"] = self.encode_image(images)
@@ -266,4 +350,6 @@ class SmartCLIP(nn.Module):
             out["text_features"] = features
             if with_mask:
                 out.update(self._mask_from_sequence(sequence, tokens))
+            if with_sentences:
+                out["sentence_probs"], out["sentence_owner"] = self.sentence_mask_probs(tokens)
         return out

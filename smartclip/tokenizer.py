@@ -6,9 +6,10 @@ from typing import List, Sequence, Tuple, Union
 import torch
 from open_clip.tokenizer import SimpleTokenizer
 
-__all__ = ["Tokenizer", "get_tokenizer", "DEFAULT_CONTEXT_LENGTH"]
+__all__ = ["Tokenizer", "get_tokenizer", "split_sentences", "DEFAULT_CONTEXT_LENGTH", "PERIOD_TOKEN_ID"]
 
 DEFAULT_CONTEXT_LENGTH = 248
+PERIOD_TOKEN_ID = 269  # "." as a word end in CLIP's BPE vocabulary
 
 
 class Tokenizer:
@@ -78,3 +79,28 @@ def get_tokenizer(model_or_name=None, context_length: int | None = None) -> Toke
         else:
             context_length = int(getattr(model_or_name, "context_length"))
     return Tokenizer(context_length)
+
+
+def split_sentences(tokens: torch.Tensor, eot_positions: torch.Tensor, period_token_id: int = PERIOD_TOKEN_ID
+                    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Each caption's sentences as captions of their own: ``(sentences [S, context], owner [S])``.
+
+    Row ``i`` of ``tokens`` is ``[SOT, t_1 .. t_n, EOT, 0 ...]`` with its EOT at
+    ``eot_positions[i]``; its text is cut after every ``period_token_id`` (the sentence keeps its
+    period), empty pieces are dropped, and each piece becomes ``[SOT, piece, EOT]`` padded with
+    zeros. ``owner[k]`` is the row sentence ``k`` came from. A caption with one sentence gives
+    one row (itself)."""
+    rows, owner = [], []
+    for i, end in enumerate(eot_positions.tolist()):
+        sot, eot = tokens[i, 0], tokens[i, end]
+        body = tokens[i, 1:end]
+        cuts = (body == period_token_id).nonzero().flatten().add(1).tolist()
+        for start, stop in zip([0] + cuts, cuts + [len(body)]):
+            if stop > start:
+                row = tokens.new_zeros(tokens.shape[1])
+                row[0], row[1:stop - start + 1], row[stop - start + 1] = sot, body[start:stop], eot
+                rows.append(row)
+                owner.append(i)
+    if not rows:
+        return tokens.new_zeros((0, tokens.shape[1])), tokens.new_zeros(0)
+    return torch.stack(rows), torch.tensor(owner, dtype=torch.long, device=tokens.device)

@@ -1,6 +1,6 @@
 """The "use" tour (docs/usage.md between <!-- tour --> and <!-- /tour -->, also pasted in the
-README) runs as written: its Python blocks in one namespace, its shell lines through the
-``smartclip`` CLI in-process, in a folder with sample photos and captions."""
+README) runs as written, from an empty folder: each Python block in a fresh namespace (each
+must run on its own), each shell line through the ``smartclip`` CLI in-process."""
 import re
 import shlex
 import threading
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+import smartclip.samples
 import smartclip.serve
 import smartclip.serve.server as serve_server
 from smartclip.cli import main as cli
-from conftest import real_images
 
 ROOT = Path(__file__).resolve().parents[1]
 TOUR = re.compile(r"<!-- tour -->\n(.*?)<!-- /tour -->", re.S)
@@ -26,11 +26,7 @@ def tour_blocks(path: Path):
 
 
 def test_readme_tour_is_the_tested_one():
-    readme = ROOT / "README.md"
-    if not readme.exists() or "<!-- tour -->" not in readme.read_text():
-        pytest.skip("README.md has no tour section yet")
-    readme_blocks = tour_blocks(readme)[1]
-    assert readme_blocks == tour_blocks(ROOT / "docs" / "usage.md")[1]
+    assert tour_blocks(ROOT / "README.md")[1] == tour_blocks(ROOT / "docs" / "usage.md")[1]
 
 
 def _serve_once(checks):
@@ -41,7 +37,7 @@ def _serve_once(checks):
         threading.Thread(target=server.serve_forever, daemon=True).start()
         try:
             url = f"http://127.0.0.1:{server.server_address[1]}"
-            with urllib.request.urlopen(url + "/api/search?q=a%20dog&k=2", timeout=30) as r:
+            with urllib.request.urlopen(url + "/api/search?q=a%20cup%20of%20coffee&k=2", timeout=30) as r:
                 checks.append(r.read().decode())
         finally:
             server.shutdown()
@@ -51,21 +47,15 @@ def _serve_once(checks):
 
 @pytest.mark.slow
 def test_tour_runs(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "photos").mkdir()
-    pictures = real_images(6, 80)
-    for name, im in zip(["cat", "dog", "rocket", "coffee", "astronaut", "stars"], pictures):
-        im.convert("RGB").save(tmp_path / "photos" / f"{name}.jpg")
-    (tmp_path / "captions.txt").write_text("a cat asleep on a red sofa\na dog catching a frisbee in the park\n")
+    monkeypatch.chdir(tmp_path)  # empty: the tour writes its own inputs
     served = []
     monkeypatch.setattr(smartclip.serve, "serve", _serve_once(served))  # what `smartclip serve` calls
 
     _, blocks = tour_blocks(ROOT / "docs" / "usage.md")
-    assert [kind for kind, _ in blocks] == ["python", "bash", "python"]
-    namespace = {"__name__": "__tour__"}
+    assert [kind for kind, _ in blocks] == ["python", "python", "bash", "python"]
     for i, (kind, code) in enumerate(blocks):
         if kind == "python":
-            exec(compile(code, f"usage.md tour block {i}", "exec"), namespace)
+            exec(compile(code, f"usage.md tour block {i}", "exec"), {"__name__": "__tour__"})
             continue
         for line in code.strip().splitlines():
             argv = shlex.split(line, comments=True)
@@ -73,11 +63,12 @@ def test_tour_runs(tmp_path, monkeypatch, capsys):
             assert cli(argv[1:]) == 0, line
 
     out = capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == sorted(smartclip.samples.SAMPLE_PHOTOS)
     assert "dimensions selected:" in out
     assert "smartclip-tiny: embed 64" in out and "ViT-B-16: embed 512" in out
-    assert "embeddings/photos: 6 images x 64 dims" in out and "embeddings/captions: 2 texts x 64 dims" in out
+    assert "embeddings/photos: 6 images x 64 dims" in out and "embeddings/captions: 6 texts x 64 dims" in out
     assert "photo-index: 6 images indexed" in out
-    assert re.search(r"  1  \+1\.0000  .*photos/dog\.jpg", out)  # the image query finds itself first
+    assert re.search(r"  1  \+1\.0000  .*photos/cat\.jpg", out)  # the image query finds itself first
     assert "1 & 2: " in out and (tmp_path / "masks.png").exists()
     assert (tmp_path / "my-model-hf" / "config.json").exists()
     assert '"hits"' in served[0] and len(served) == 1
@@ -96,7 +87,7 @@ def test_models_command(capsys):
     assert 400e6 < large["parameters"]["total"] < 440e6  # ViT-L/14 CLIP is about 428 M
     assert large["parameters"]["total"] == sum(large["parameters"][k] for k in ("image", "text", "mask_network"))
     assert cli(["models", "ViT-B-61"]) == 2
-    assert "Did you mean" in capsys.readouterr().err
+    assert "Did you mean ViT-B-16" in capsys.readouterr().err
 
 
 def test_load_accepts_checkpoints_released_files_and_names(tmp_path):
@@ -127,3 +118,22 @@ def test_load_accepts_checkpoints_released_files_and_names(tmp_path):
     assert model.embed_dim == 32 and tokenizer.context_length == 248
     with pytest.raises(ValueError, match="tags"):
         smartclip.load("smartclip-micro:no-such-tag")
+
+
+@pytest.mark.slow  # the Hugging Face export takes a few seconds
+def test_weight_files_get_the_mode_of_every_other_file(tmp_path):
+    """safetensors writes 0600; our checkpoints and exports follow the umask like other files."""
+    import os
+    import smartclip
+    model = smartclip.create_model("smartclip-micro")
+    old = os.umask(0o027)
+    try:
+        smartclip.save_checkpoint(model, tmp_path / "ours")
+        smartclip.export(model, tmp_path / "open_clip")
+        smartclip.export(model, tmp_path / "hf", format="hf")
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(tmp_path)): p.stat().st_mode & 0o777 for p in tmp_path.rglob("*") if p.is_file()}
+    assert {p for p in modes if p.endswith(".safetensors")} >= {
+        "ours/model.safetensors", "open_clip/open_clip_model.safetensors", "hf/model.safetensors"}
+    assert set(modes.values()) == {0o640}, modes

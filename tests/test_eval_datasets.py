@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import smartclip
+from clip_benchmark_fixtures import write_imagenet_val
 from conftest import real_images
 from smartclip.cli import main
-from smartclip.eval import (DatasetNotFoundError, IncompleteBenchmarkError, build_classifier, classify,
+from smartclip.eval import (DatasetFormatError, DatasetNotFoundError, IncompleteBenchmarkError, build_classifier, classify,
                             encode_images, encode_texts, evaluate, get_benchmark, imagenet_classnames,
                             list_benchmarks, read_results, register_benchmark, retrieval_recall)
 
@@ -27,9 +28,10 @@ def _save(images, folder, names):
         im.save(folder / name)
 
 
-def write_fixtures(root):
+def write_fixtures(root, with_imagenet: bool = False):
     """Every dataset in its own layout under one data root; returns what each should contain
-    as (image paths, captions, text_to_image) or (image paths, labels, classnames)."""
+    as (image paths, captions, text_to_image) or (image paths, labels, classnames). ImageNet's
+    1,000 class folders only ``with_imagenet``."""
     ims = real_images(6, 48)
     expected = {}
 
@@ -65,6 +67,9 @@ def write_fixtures(root):
     (d / "splits.json").write_text(json.dumps({"train": ["sa_0.json", "sa_1.json"], "test": ["sa_2.json"]}))
     expected["dci"] = ([d / "photos" / f"sa_{i}.jpg" for i in range(3)],
                        [f"{CAPTIONS[i]}\nMore detail {i}." for i in range(3)], [0, 1, 2])
+    # Long-DCI: the same release, extra_caption alone (tests/test_long_dci.py covers its rules)
+    expected["long-dci"] = ([d / "photos" / f"sa_{i}.jpg" for i in range(3)], [f"More detail {i}." for i in range(3)],
+                            [0, 1, 2])
 
     # DOCCI: docci_descriptions.jsonlines + images/
     o = root / "docci"
@@ -117,19 +122,10 @@ def write_fixtures(root):
                                       [f"Karpathy {CAPTIONS[k]} {j}" for k in (1, 3) for j in range(5)],
                                       [0] * 5 + [1] * 5)
 
-    # ImageNet: val/<wnid>/ with all 1,000 class folders, images in three of them
-    wnids = [f"n{i:08d}" for i in range(1000)]
-    for w in wnids:
-        (root / "imagenet" / "val" / w).mkdir(parents=True)
-    placed = {0: [0, 1], 7: [2], 999: [3]}
-    paths, labels = [], []
-    for label, idx in placed.items():
-        for i in idx:
-            p = root / "imagenet" / "val" / wnids[label] / f"ILSVRC2012_val_{i:08d}.JPEG"
-            ims[i].save(p, format="JPEG")
-            paths.append(p)
-            labels.append(label)
-    expected["imagenet"] = (paths, labels, imagenet_classnames())
+    # ImageNet: val/<wnid>/ with the 1,000 WordNet-id folders (one small image each, photos in three)
+    if with_imagenet:
+        written = write_imagenet_val(root / "imagenet", with_images={0: 1, 7: 1, 999: 1})
+        expected["imagenet"] = (written["files"], written["labels"], imagenet_classnames())
 
     # ImageNet-V2: imagenetv2-matched-frequency-format-val/<class index>/*.jpeg
     v = root / "imagenetv2" / "imagenetv2-matched-frequency-format-val"
@@ -142,38 +138,46 @@ def write_fixtures(root):
         vlabels.append(label)
     expected["imagenet-v2"] = (vpaths, vlabels, imagenet_classnames())
 
-    # CIFAR python archives: pickles with bytes keys, data [N, 3072] as R, G, B planes
+    # CIFAR python archives as Python 2 wrote them (str keys once read with latin1): data [N, 3072] as R, G, B
+    # planes. torchvision checks the archive's MD5 sums, which only the real files match: the tests that read
+    # these fixtures lift that check (cifar_checksums_lifted).
     arrays = [np.asarray(im.resize((32, 32))) for im in ims[:5]]
     data = np.stack([a.transpose(2, 0, 1).reshape(-1) for a in arrays]).astype(np.uint8)
     c10 = root / "cifar" / "cifar-10-batches-py"
     c10.mkdir(parents=True)
-    names10 = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    names10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     with open(c10 / "test_batch", "wb") as fh:
-        pickle.dump({b"batch_label": b"testing batch 1 of 1", b"labels": [3, 0, 8, 9, 1], b"data": data,
-                     b"filenames": [b"a.png"] * 5}, fh, protocol=2)
+        pickle.dump({"batch_label": "testing batch 1 of 1", "labels": [3, 0, 8, 9, 1], "data": data,
+                     "filenames": ["a.png"] * 5}, fh, protocol=2)
     with open(c10 / "batches.meta", "wb") as fh:
-        pickle.dump({b"label_names": names10, b"num_vis": 3072}, fh, protocol=2)
-    expected["cifar10"] = (arrays, [3, 0, 8, 9, 1], [n.decode() for n in names10])
+        pickle.dump({"label_names": names10, "num_vis": 3072}, fh, protocol=2)
+    expected["cifar10"] = (arrays, [3, 0, 8, 9, 1], names10)
     c100 = root / "cifar" / "cifar-100-python"
     c100.mkdir(parents=True)
-    names100 = [f"class_{i}".encode() for i in range(100)]
+    names100 = [f"class_{i}" for i in range(100)]
     with open(c100 / "test", "wb") as fh:
-        pickle.dump({b"fine_labels": [5, 99, 0, 12, 50], b"coarse_labels": [0] * 5, b"data": data}, fh, protocol=2)
+        pickle.dump({"fine_labels": [5, 99, 0, 12, 50], "coarse_labels": [0] * 5, "data": data}, fh, protocol=2)
     with open(c100 / "meta", "wb") as fh:
-        pickle.dump({b"fine_label_names": names100, b"coarse_label_names": []}, fh, protocol=2)
+        pickle.dump({"fine_label_names": names100, "coarse_label_names": []}, fh, protocol=2)
     expected["cifar100"] = (arrays, [5, 99, 0, 12, 50], [f"class {i}" for i in range(100)])
     return expected
 
 
-SIZES = {"sharegpt4v-1k": 4, "urban1k": 4, "dci": 3, "docci": 3, "coco": 3, "flickr30k": 4, "flickr30k-karpathy": 2,
-         "imagenet": 4, "imagenet-v2": 3, "cifar10": 5, "cifar100": 5}
+SIZES = {"sharegpt4v-1k": 4, "urban1k": 4, "dci": 3, "long-dci": 3, "docci": 3, "coco": 3, "flickr30k": 4,
+         "flickr30k-karpathy": 2, "imagenet": 1003, "imagenet-v2": 3, "cifar10": 5, "cifar100": 5}
 FAST_TEMPLATES = ["a photo of a {}.", "itap of a {}."]  # ImageNet's 1,000 x 80 prompts are slow on CPU
+
+
+@pytest.fixture()
+def cifar_checksums_lifted(monkeypatch):
+    import torchvision.datasets.cifar
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args, **kwargs: True)
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    return root, write_fixtures(root)
+    return root, write_fixtures(root, with_imagenet=True)
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +199,8 @@ def _settings(names):
 
 
 @pytest.mark.slow
-def test_every_paper_benchmark_end_to_end_through_the_cli(data_root, checkpoint, tmp_path, capsys):
+def test_every_paper_benchmark_end_to_end_through_the_cli(data_root, checkpoint, tmp_path, capsys,
+                                                          cifar_checksums_lifted):
     root, expected = data_root
     names = list(SIZES)
     out = tmp_path / "out"
@@ -223,6 +228,7 @@ def test_every_paper_benchmark_end_to_end_through_the_cli(data_root, checkpoint,
             assert result["counts"]["images"] == len(paths)
             assert result["counts"]["classes"] == len(classnames)
             assert result["counts"]["templates"] == (2 if templates else 80)
+            assert result["zeroshot"]["read_as"].startswith("clip_benchmark build_dataset")
             assert result["metrics"] == pytest.approx(direct), name
         else:
             paths, captions, t2i = expected[name]
@@ -343,10 +349,12 @@ def test_malformed_annotations_name_file_record_field(tmp_path):
     s.write_text(json.dumps(recs))
     with pytest.raises(Exception, match=r"record 1: missing field 'image'"):
         get_benchmark("sharegpt4v-1k", root=str(tmp_path))._load()
+    # a tampered CIFAR pickle fails torchvision's MD5 check before anything is unpickled
     evil = tmp_path / "cifar" / "cifar-10-batches-py" / "test_batch"
     evil.write_bytes(pickle.dumps(types.SimpleNamespace(a=1)))
-    with pytest.raises(Exception, match="refusing to load types.SimpleNamespace"):
-        get_benchmark("cifar10", root=str(tmp_path))._load()
+    model = smartclip.create_model("smartclip-micro")
+    with pytest.raises(DatasetFormatError, match="(?s)integrity check.*cifar-10-batches-py"):
+        get_benchmark("cifar10", root=str(tmp_path)).run(model, tokenizer=None, preprocess=None, progress=False)
 
 
 def test_sharegpt4v_head_reader_streams(tmp_path):
@@ -401,8 +409,8 @@ def test_compare_side_by_side(tmp_path, capsys):
 
 def test_registry_lists_paper_benchmarks_and_scenes_is_lazy(tmp_path, monkeypatch, capsys):
     names = list_benchmarks()
-    for n in ["sharegpt4v-1k", "urban1k", "dci", "docci", "coco", "flickr30k", "flickr30k-karpathy", "imagenet",
-              "imagenet-v2", "cifar10", "cifar100", "retrieval:PATH", "classification:DIR", "scenes:DIR"]:
+    for n in ["sharegpt4v-1k", "urban1k", "dci", "long-dci", "docci", "coco", "flickr30k", "flickr30k-karpathy",
+              "imagenet", "imagenet-v2", "cifar10", "cifar100", "retrieval:PATH", "classification:DIR", "scenes:DIR"]:
         assert n in names
     assert main(["eval", "--list"]) == 0
     listing = capsys.readouterr().out

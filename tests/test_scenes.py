@@ -133,4 +133,27 @@ def test_bad_input_errors(tmp_path):
     with pytest.raises(ValueError, match="image_size"):
         SceneGenerator(image_size=15)
     with pytest.raises(ValueError, match="split must be one of"):
-        SceneGenerator().scenes("val", 2)
+        SceneGenerator().scenes("validation", 2)
+
+
+def test_validation_and_pretraining_splits_are_extra_streams(tmp_path):
+    """Adding val / val_single / pretrain leaves train, test and single byte-identical, and the
+    new splits are drawn like train (no held-out pair) and like single (one object)."""
+    plain = write_dataset(tmp_path / "plain", num_train=12, num_test=6, num_single=4)
+    extra = write_dataset(tmp_path / "extra", num_train=12, num_test=6, num_single=4, num_val=10,
+                          num_val_single=4, num_pretrain=10)
+    for name in ("train_long.csv", "train_short.csv", "test_long.csv", "single.csv",
+                 "images/train/000003.png", "images/test/000002.png", "images/single/000001.png"):
+        assert (plain / name).read_bytes() == (extra / name).read_bytes(), name
+    labels = load_labels(extra)
+    held = {tuple(p) for p in labels["held_out_pairs"]}
+    train_captions = {r["long_caption"] for r in labels["splits"]["train"]}
+    for split in ("val", "pretrain"):
+        assert len(labels["splits"][split]) == 10
+        for r in labels["splits"][split]:
+            names = sorted(o["concept"] for o in r["objects"])
+            assert not any(tuple(sorted((a, b))) in held for i, a in enumerate(names) for b in names[i + 1:])
+        assert not train_captions & {r["long_caption"] for r in labels["splits"][split]}
+        assert (extra / f"{split}_long.csv").is_file() and (extra / f"{split}_short.csv").is_file()
+    assert [len(r["objects"]) for r in labels["splits"]["val_single"]] == [1] * 4
+    assert (extra / "val_single.csv").is_file()

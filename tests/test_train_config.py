@@ -58,7 +58,7 @@ def test_overrides_are_typed_and_nested(csv):
     ("trian.steps=3", "trian: unknown key at the top level. Did you mean 'train'?"),
     ("train.steps=abc", "train.steps: expected an integer or null, got 'abc'"),
     ("train.steps=0", "train.steps: must be >= 1, got 0"),
-    ("train.epochs=2", "set exactly one of them (got steps=60, epochs=2)"),
+    ("train.epochs=2", "set exactly one of them (got steps=400, epochs=2)"),
     ("train.precision=fp8", "train.precision: 'fp8' is not valid; choose one of ['fp32', 'fp16', 'bf16']"),
     ("objective=clipp", "objective: 'clipp' is not valid; choose one of ['smartclip', 'clip'] (did you mean 'clip'?)"),
     ("train.progress=maybe", "train.progress: expected true or false, got 'maybe'"),
@@ -70,7 +70,7 @@ def test_overrides_are_typed_and_nested(csv):
     ("train.device=tpu", "train.device: 'tpu' is not valid"),
     ("data.train=/nonexistent/pairs.csv", "data.train: '/nonexistent/pairs.csv' does not exist"),
     ("data.captions_per_image=0", "data.captions_per_image=0; expected an integer >= 1"),
-    ("train.steps.max=3", "train.steps: is a value (60), not a section"),
+    ("train.steps.max=3", "train.steps: is a value (400), not a section"),
     ("train.steps", "override 'train.steps': expected key=value"),
 ])
 def test_bad_configs_name_the_key_and_what_is_valid(override, message, csv):

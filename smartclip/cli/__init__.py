@@ -23,6 +23,8 @@ COMMANDS = {
     "masks": ("masks", "show which embedding dimensions captions select"),
     "export": ("export", "export a model to open_clip or Hugging Face format"),
     "serve": ("serve", "serve a search page over an index on loopback"),
+    "generate": ("generate", "SDXL images from long prompts, SmartCLIP as the text encoder"),
+    "eval-generation": ("eval_generation", "KID, precision / recall, DINO-L of generated images"),
 }
 
 
@@ -51,7 +53,25 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog=f"smartclip {name}", description=commands[name][1])
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    try:
+        if getattr(args, "model", None):
+            # every command that takes --model checks it before any other work, so a typo, a run
+            # folder or an offline tag is reported at once, in one line
+            from smartclip.factory import resolve_model
+            resolve_model(args.model, download=True)
+        return int(module.run(args) or 0)
+    except Exception as e:
+        if not _is_model_not_found(e):
+            raise
+        print(f"smartclip {name}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _is_model_not_found(error: Exception) -> bool:
+    # looked up, not imported: importing smartclip.checkpoint costs torch's start-up time, and
+    # when it is not imported, nothing can have raised its error
+    checkpoint = sys.modules.get("smartclip.checkpoint")
+    return checkpoint is not None and isinstance(error, checkpoint.ModelNotFoundError)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,6 +2,7 @@
 
     smartclip eval --list
     smartclip eval --model ViT-B-16:openai --benchmarks coco urban1k --data-root /data --out runs/eval
+    smartclip eval --model ViT-L-14:openai --benchmarks paper-zeroshot --data-root /data --out runs/table3
     smartclip eval --compare runs/a/eval_<hash>.json runs/b/eval_<hash>.json
 """
 from __future__ import annotations
@@ -16,12 +17,13 @@ import yaml
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="checkpoint path (ours or a released .pt) or model name[:pretrained tag]")
     parser.add_argument("--benchmarks", "-b", nargs="+", metavar="SPEC",
-                        help="benchmark specs: a name (see --list), NAME:ROOT, retrieval:CSV, classification:DIR, "
+                        help="benchmark specs: a name (see --list), NAME:ROOT, a suite (paper-zeroshot), "
+                             "clip_benchmark/ID, clip_benchmark/wds/ID, retrieval:CSV, classification:DIR, "
                              "scenes:DIR")
     parser.add_argument("--data-root", default=None,
                         help="folder holding each dataset in its default sub-folder (default: $SMARTCLIP_DATA)")
     parser.add_argument("--out", default=None, help="folder for eval_<hash>.json and eval_<hash>.md")
-    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=min(8, max(0, (os.cpu_count() or 1) - 1)),
@@ -29,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default=None, help="keep encoded features here, keyed by weights hash")
     parser.add_argument("--allow-partial", action="store_true",
                         help="score benchmarks with missing images or captions (results marked partial)")
-    parser.add_argument("--masked", action="store_true", help="rank with masked scores (SPEC 5) instead of cosine")
+    parser.add_argument("--masked", action="store_true",
+                        help="rank by masked scores (only the embedding dimensions each text's mask selects) "
+                             "instead of cosine similarity")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="SPEC.KEY=VALUE",
                         help="a benchmark option, e.g. coco.expected_images=100 or "
                              "classification:/d.classnames=/d/names.txt (value parsed as YAML)")
@@ -38,12 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare", nargs="+", metavar="RESULTS_JSON", help="side-by-side table of results files")
 
 
-def _cuda() -> bool:
-    try:
-        import torch
-        return torch.cuda.is_available()
-    except Exception:  # pragma: no cover
-        return False
+def _default_device() -> str:
+    import torch  # here, not at import: `smartclip eval --help` should not wait for torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _parse_settings(settings, specs) -> dict:
@@ -60,10 +61,13 @@ def _parse_settings(settings, specs) -> dict:
 
 
 def _list() -> int:
-    from smartclip.eval import PAPER_BENCHMARKS, describe_benchmarks
+    from smartclip.eval import PAPER_BENCHMARKS, SUITES, describe_benchmarks
+    from smartclip.eval.clip_benchmark import METRICS, MULTILABEL_METRIC, PAPER_SOURCE
     from smartclip.eval.registry import DATA_ROOT_ENV
+    from smartclip.eval.wds import WDS_LAYOUT
     paper = {s.name: s for s in PAPER_BENCHMARKS}
-    for info in describe_benchmarks():
+    infos = describe_benchmarks()
+    for info in (i for i in infos if i.group != "clip_benchmark"):
         shown = f"{info.name}:{'PATH' if info.name == 'retrieval' else 'DIR'}" if info.prefix else info.name
         print(shown)
         print(f"    protocol: {info.description}")
@@ -72,6 +76,19 @@ def _list() -> int:
             print(f"    data:     ${s.env} or ${DATA_ROOT_ENV}/{s.folder} or {s.name}:PATH")
             print(f"    layout:   {s.layout}")
             print(f"    source:   {s.source}")
+    for name, members in SUITES.items():
+        print(f"{name}  (suite; {name}:DATA_ROOT)")
+        print(f"    {PAPER_SOURCE}, with the paper's numbers beside ours: {', '.join(members)}; each read from "
+              f"DATA_ROOT/wds_<id> (WebDataset layout) or else DATA_ROOT/<id> (torchvision layout)")
+    print("\nCLIP_benchmark zero-shot classification (dataset, class names and templates from CLIP_benchmark; "
+          f"{METRICS}; {MULTILABEL_METRIC} for voc2007_multilabel). Data: NAME:PATH or ${DATA_ROOT_ENV}/<folder>; "
+          f"nothing is downloaded. Every clip_benchmark/wds/<id> reads the WebDataset layout: {WDS_LAYOUT}")
+    for info in (i for i in infos if i.group == "clip_benchmark"):
+        if info.layout == WDS_LAYOUT:
+            print(f"{info.name}    (folder {info.folder}, WebDataset layout)")
+        else:
+            print(f"{info.name}    (folder {info.folder})")
+            print(f"    layout:   {info.layout}")
     return 0
 
 
@@ -109,14 +126,16 @@ def run(args) -> int:
     if args.masked:
         for spec in args.benchmarks:
             options.setdefault(spec, {})["masked"] = True
-    model, _, _ = smartclip.load(args.model, device=args.device, precision=args.precision)
     try:
+        args.device = args.device or _default_device()
+        model, _, _ = smartclip.load(args.model, device=args.device, precision=args.precision)
         results = evaluate(
             model, args.benchmarks, root=args.data_root, device=args.device, batch_size=args.batch_size,
             out_dir=args.out, allow_partial=args.allow_partial, progress=not args.no_progress,
             cache_dir=args.cache_dir, options=options, model_label=args.model, num_workers=args.workers)
-    except (DatasetNotFoundError, DatasetFormatError, IncompleteBenchmarkError, KeyError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (DatasetNotFoundError, DatasetFormatError, IncompleteBenchmarkError, KeyError, ValueError,
+            ImportError) as exc:
+        print(f"error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
         return 2
     record = run_record(model, results, smartclip.state_dict_hash(model), args.model, args.device)
     print(markdown_table(record))

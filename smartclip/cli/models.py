@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser):
@@ -14,16 +15,22 @@ def add_arguments(parser: argparse.ArgumentParser):
 
 
 def describe(name: str) -> dict:
-    """Sizes of model ``name`` (a registered name or checkpoint path), built without weights."""
+    """Sizes of model ``name`` (a registered name, ``NAME:TAG`` or a checkpoint path), built
+    without weights."""
     import torch
     import smartclip
     from smartclip.checkpoint import read_config
+    from smartclip.hf import SMARTCLIP_HF_NAME
 
-    if os.path.exists(name):
-        cfg = read_config(name)
+    name_or_path, _ = smartclip.resolve_model(name)  # the architecture only: a tag's weights are not needed
+    if os.path.isfile(os.path.join(name_or_path, SMARTCLIP_HF_NAME)):  # a Hugging Face export
+        cfg = json.loads(Path(name_or_path, SMARTCLIP_HF_NAME).read_text())
+        model_cfg, options = cfg["model_cfg"], cfg["options"]
+    elif os.path.exists(name_or_path):
+        cfg = read_config(name_or_path)
         model_cfg, options = cfg["model_cfg"], cfg["options"]
     else:
-        model_cfg, options = smartclip.get_model_config(name), {}
+        model_cfg, options = smartclip.get_model_config(name_or_path), {}
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         model = smartclip.build_model(model_cfg, options, model_name=name)
 
@@ -56,7 +63,7 @@ def run(args) -> int:
     try:
         infos = [describe(n) for n in args.names]
     except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"smartclip models: {e}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(infos, indent=2))

@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser):
     what.add_argument("--image", help="image file query")
     query.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     query.add_argument("--masked", action="store_true",
-                       help="rank by masked scores: only the dimensions the text query's mask selects (SPEC 5)")
+                       help="rank by masked scores: only the embedding dimensions the text query's mask selects "
+                            "count (SmartCLIP's masked similarity)")
     query.add_argument("--backend", default="exact", choices=["exact", "faiss", "faiss-hnsw"],
                        help="exact (default); faiss: flat FAISS index, same results; faiss-hnsw: approximate, "
                             "faster on large collections (needs faiss-cpu)")

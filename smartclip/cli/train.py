@@ -32,7 +32,14 @@ def run(args) -> int:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from smartclip.checkpoint import ModelNotFoundError
     from smartclip.data import DataError
+    from smartclip.factory import resolve_model
+    try:  # before the run folder is made: a wrong model.name is a one-line error, not a half-started run
+        resolve_model(cfg.model.name, cfg.model.pretrained, download=True)
+    except ModelNotFoundError as e:
+        print(f"smartclip train: model: {e}", file=sys.stderr)
+        return 2
     try:
         result = train(cfg)
     except ConfigError as e:

@@ -4,6 +4,8 @@ A dataset only has to produce a :class:`RetrievalData` or :class:`Classification
 (files and labels in its own published layout, see ``datasets.py``); the runners do the
 rest the same way for every dataset: check that every file is there, encode once
 (through the feature cache), score, and report counts, missing files and the protocol.
+Datasets that CLIP_benchmark constructs have their own runner (``clip_benchmark.py``),
+sharing the classifier (:func:`cached_classifier`), the metrics and the reporting.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from .metrics import retrieval_recall
 from .zeroshot import build_classifier, classify, openai_templates
 
 __all__ = ["Benchmark", "RetrievalBenchmark", "ClassificationBenchmark", "RetrievalData", "ClassificationData",
-           "FeatureCache", "DatasetNotFoundError", "DatasetFormatError", "IncompleteBenchmarkError"]
+           "FeatureCache", "DatasetNotFoundError", "DatasetFormatError", "IncompleteBenchmarkError",
+           "cached_classifier"]
 
 MAX_LISTED = 20  # missing names quoted in an error message (all of them go into the result)
 
@@ -44,9 +47,11 @@ class IncompleteBenchmarkError(RuntimeError):
         self.benchmark, self.missing, self.counts = benchmark, missing, counts
         shown = "\n  ".join(missing[:MAX_LISTED])
         more = f"\n  ... and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
+        kinds = counts.get("problems") or {}
+        by_kind = f" by kind: {', '.join(f'{k} {v}' for k, v in kinds.items())};" if kinds else ""
         super().__init__(
-            f"{benchmark}: {len(missing)} missing item(s); refusing to report a score on a partial set "
-            f"(counts: {counts}). Missing:\n  {shown}{more}\n"
+            f"{benchmark}: {len(missing)} missing item(s);{by_kind} refusing to report a score on a partial "
+            f"set (counts: {counts}). Missing or unreadable:\n  {shown}{more}\n"
             f"Complete the data, or pass allow_partial=True (CLI: --allow-partial) to score what is "
             f"present; the result is then marked partial.")
 
@@ -124,6 +129,25 @@ def _digest(parts: Sequence[object]) -> str:
     return h.hexdigest()[:20]
 
 
+def cached_classifier(model, tokenizer, classnames: Sequence[str], templates: Sequence[str], masked: bool,
+                      batch_size: int, device, progress: bool, cache: Optional[FeatureCache]) -> Dict[str, object]:
+    """:func:`build_classifier` through the feature cache, keyed by class names, templates and
+    context length only: benchmarks sharing them (ImageNet and ImageNet-V2) share one."""
+    def compute():
+        c = build_classifier(model, tokenizer, classnames, templates, max(batch_size, 64), device, progress,
+                             with_masks=masked)
+        stacked = torch.cat([c["weights"], c["masks"]]) if masked else c["weights"]
+        return stacked, {"truncated": c["truncated"]}
+    key = "classifier-" + _digest(["classifier", getattr(tokenizer, "context_length", None), masked,
+                                   *classnames, "|", *templates])
+    stacked, info = cache.fetch(key, compute) if cache else compute()
+    n_classes = len(classnames)
+    classifier = {"weights": stacked[:n_classes], "truncated": info["truncated"]}
+    if masked:
+        classifier["masks"] = stacked[n_classes:]
+    return classifier
+
+
 def _name_of(item, root: Optional[Path]) -> str:
     if isinstance(item, (str, os.PathLike)):
         p = Path(item)
@@ -161,12 +185,15 @@ class _FileBenchmark(Benchmark):
                                     else "; cosine similarity of unmasked L2-normalised features")
 
     def _present(self, data) -> Tuple[List[int], List[str], dict]:
-        """Indices of images that exist, the full list of missing names, and base counts."""
+        """Indices of images that exist, the full list of missing names, and base counts
+        (``counts["problems"]``: the missing and bad items by kind)."""
         missing = list(data.missing)
+        problems = {"reader": len(data.missing)} if data.missing else {}
         present = []
         for i, item in enumerate(data.images):
             if isinstance(item, (str, os.PathLike)) and not os.path.isfile(item):
                 missing.append(_name_of(item, self.root))
+                problems["missing_image"] = problems.get("missing_image", 0) + 1
             else:
                 present.append(i)
         listed = len(data.images)
@@ -181,7 +208,9 @@ class _FileBenchmark(Benchmark):
             if listed < self.expected_images:
                 missing.append(f"{self.expected_images - listed} of the protocol's {self.expected_images} images "
                                f"are not listed in the data found (file names unknown)")
+                problems["short_of_protocol"] = self.expected_images - listed
         counts.update({k: v for k, v in data.notes.items() if isinstance(v, (int, float, str))})
+        counts["problems"] = problems
         return present, missing, counts
 
     def _feature_key(self, kind: str, parts: Sequence[object], model, extra=()) -> str:
@@ -208,6 +237,8 @@ class _FileBenchmark(Benchmark):
         failed = {int(k) for k in info["failures"]}
         for k in sorted(failed):
             missing.append(f"{_name_of(images[k], self.root)} (unreadable: {info['failures'][str(k)]})")
+        if failed:
+            counts["problems"]["unreadable_image"] = len(failed)
         if failed and not allow_partial:
             raise IncompleteBenchmarkError(self.name, missing, counts)
         keep = [j for j in range(len(images)) if j not in failed]
@@ -290,19 +321,8 @@ class ClassificationBenchmark(_FileBenchmark):
         present, image_features, keep, missing, counts = self._readable_images(
             data, model, preprocess, device, batch_size, allow_partial, progress, feature_cache)
         labels = [data.labels[i] for i in present]
-        def compute_classifier():
-            c = build_classifier(model, tokenizer, data.classnames, self.templates, max(batch_size, 64), device,
-                                 progress, with_masks=self.masked)
-            stacked = torch.cat([c["weights"], c["masks"]]) if self.masked else c["weights"]
-            return stacked, {"truncated": c["truncated"]}
-        # keyed without the benchmark name: ImageNet and ImageNet-V2 share one classifier
-        key = "classifier-" + _digest(["classifier", getattr(tokenizer, "context_length", None), self.masked,
-                                       *data.classnames, "|", *self.templates])
-        stacked, clf_info = feature_cache.fetch(key, compute_classifier) if feature_cache else compute_classifier()
-        n_classes = len(data.classnames)
-        classifier = {"weights": stacked[:n_classes], "truncated": clf_info["truncated"]}
-        if self.masked:
-            classifier["masks"] = stacked[n_classes:]
+        classifier = cached_classifier(model, tokenizer, data.classnames, self.templates, self.masked, batch_size,
+                                       device, progress, feature_cache)
         metrics = classify(image_features[keep], [labels[j] for j in keep], classifier, self.ks, masked=self.masked)
         counts.update({"images": len(keep), "classes": len(data.classnames), "templates": len(self.templates),
                        "truncated_prompts": classifier["truncated"], "missing": len(missing)})

@@ -9,19 +9,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-import pickle
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
-
-import numpy as np
+from typing import Dict, List, Optional, Tuple
 
 from .benchmark import ClassificationData, DatasetFormatError, DatasetNotFoundError, RetrievalData
-from .zeroshot import imagenet_classnames
 
-__all__ = ["read_json_array_head", "load_sharegpt4v", "load_urban1k", "load_dci", "load_docci", "load_coco",
-           "load_flickr30k_full", "load_flickr30k_karpathy", "load_imagenet", "load_imagenet_v2",
-           "load_cifar", "load_retrieval_csv", "load_class_folders", "IMAGE_SUFFIXES"]
+__all__ = ["read_json_array_head", "load_sharegpt4v", "load_urban1k", "load_dci", "load_long_dci", "load_docci",
+           "load_coco", "load_flickr30k_full", "load_flickr30k_karpathy", "load_retrieval_csv", "load_class_folders",
+           "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -168,6 +164,29 @@ def load_dci(root: Path) -> RetrievalData:
     return RetrievalData(images, captions, t2i, missing)
 
 
+def load_long_dci(root: Path) -> RetrievalData:
+    """Long-DCI as TULIP builds it from the DCI release: every
+    ``densely_captioned_images/annotations/*.json`` in sorted file-name order, caption =
+    ``extra_caption`` as written, image = ``photos/<image>``; records whose ``extra_caption``
+    is empty are skipped and counted (``notes["empty_extra_caption"]``)."""
+    base = root / "densely_captioned_images"
+    folder = _need(base / "annotations", "folder")
+    images, captions, empty = [], [], 0
+    for path in sorted(folder.glob("*.json")):
+        record = _read_json(path)
+        caption = _field(record, "extra_caption", str(path))
+        image = _field(record, "image", str(path))
+        if len(caption) == 0:
+            empty += 1
+            continue
+        images.append(base / "photos" / image)
+        captions.append(caption)
+    if not images and not empty:
+        raise DatasetNotFoundError(f"no annotation files in {folder}")
+    return RetrievalData(images, captions, list(range(len(images))),
+                         notes={"annotations": len(images) + empty, "empty_extra_caption": empty})
+
+
 def load_docci(root: Path, split: str = "test") -> RetrievalData:
     """Records of ``docci_descriptions.jsonlines`` with ``split == "test"``; image
     ``images/<image_file>``, caption ``description``."""
@@ -300,86 +319,6 @@ def _class_folder_images(folders) -> Tuple[List[Path], List[int]]:
 
 def _image_files(folder: Path) -> List[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def load_imagenet(root: Path, split: str = "val") -> ClassificationData:
-    """``val/<wnid>/*.JPEG``: the 1,000 WordNet-id folders in sorted order are the class
-    indices of OpenAI's class names."""
-    base = _need(root / split, "folder")
-    folders = sorted(p for p in base.iterdir() if p.is_dir())
-    names = imagenet_classnames()
-    if len(folders) != len(names):
-        raise DatasetFormatError(f"{base}: expected {len(names)} class folders (one per WordNet id, e.g. "
-                                 f"n01440764), found {len(folders)}")
-    images, labels = _class_folder_images(folders)
-    return ClassificationData(images, labels, names)
-
-
-IMAGENET_V2_FOLDER = "imagenetv2-matched-frequency-format-val"
-
-
-def load_imagenet_v2(root: Path, folder: str = IMAGENET_V2_FOLDER) -> ClassificationData:
-    """``imagenetv2-matched-frequency-format-val/<class index>/*.jpeg`` (folders 0..999)."""
-    base = _need(root / folder, "folder")
-    names = imagenet_classnames()
-    images, labels = [], []
-    for sub in sorted((p for p in base.iterdir() if p.is_dir()), key=lambda p: p.name):
-        if not sub.name.isdigit() or not 0 <= int(sub.name) < len(names):
-            raise DatasetFormatError(f"{sub}: ImageNet-V2 class folders are named 0..{len(names) - 1}")
-        files = _image_files(sub)
-        images.extend(files)
-        labels.extend([int(sub.name)] * len(files))
-    return ClassificationData(images, labels, names)
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """CIFAR's python archives hold dicts of numpy arrays, lists and bytes; refuse anything
-    else so a tampered file cannot run code."""
-    _allowed = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
-
-    def find_class(self, module, name):
-        if (module, name) in self._allowed:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a dataset pickle")
-
-
-def _unpickle(path: Path) -> dict:
-    with open(_need(path), "rb") as f:
-        try:
-            data = _ArrayUnpickler(f, encoding="bytes").load()
-        except Exception as exc:  # noqa: BLE001
-            raise DatasetFormatError(f"{path}: not a CIFAR python pickle ({exc})") from None
-    if not isinstance(data, dict):
-        raise DatasetFormatError(f"{path}: expected a dict, got {type(data).__name__}")
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in data.items()}
-
-
-CIFAR_LAYOUT = {
-    10: ("cifar-10-batches-py", "test_batch", "batches.meta", "labels", "label_names"),
-    100: ("cifar-100-python", "test", "meta", "fine_labels", "fine_label_names"),
-}
-
-
-def load_cifar(root: Path, classes: int = 10) -> ClassificationData:
-    """The test pickle of CIFAR's "python version" archive: ``data`` [N, 3072] uint8 rows
-    (R, G, B planes of 32x32), labels, and class names from the meta pickle."""
-    folder, test_name, meta_name, label_key, names_key = CIFAR_LAYOUT[classes]
-    test, meta = _unpickle(root / folder / test_name), _unpickle(root / folder / meta_name)
-    for key, source, name in (("data", test, test_name), (label_key, test, test_name), (names_key, meta, meta_name)):
-        if key not in source:
-            raise DatasetFormatError(f"{root / folder / name}: missing field {key!r}")
-    pixels = np.asarray(test["data"])
-    if pixels.dtype != np.uint8 or pixels.ndim != 2 or pixels.shape[1] != 3072:
-        raise DatasetFormatError(f"{root / folder / test_name}: field 'data' must be [N, 3072] uint8, got "
-                                 f"{pixels.dtype} {pixels.shape}")
-    labels = [int(x) for x in test[label_key]]
-    if len(labels) != len(pixels):
-        raise DatasetFormatError(f"{root / folder / test_name}: {len(pixels)} images but {len(labels)} labels")
-    names = [(n.decode() if isinstance(n, bytes) else str(n)).replace("_", " ") for n in meta[names_key]]
-    images = list(pixels.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-    return ClassificationData(images, labels, names)
 
 
 def load_class_folders(root: Path, classnames: Optional[str] = None) -> ClassificationData:

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["encode_images", "encode_texts", "encode_image_items", "encode_text_items", "ImageLoadError",
-           "model_dtype"]
+__all__ = ["encode_images", "encode_texts", "encode_image_items", "encode_text_items", "encode_dataset",
+           "ImageLoadError", "model_dtype"]
 
 ImageItem = Union[str, os.PathLike, Image.Image, np.ndarray]
 
@@ -81,6 +81,92 @@ def encode_image_items(model, preprocess, items: Sequence[ImageItem], batch_size
     if not chunks:
         raise ValueError("no images to encode")
     return torch.cat(chunks), failures
+
+
+class _MapSamples(torch.utils.data.Dataset):
+    """``(pixels, target, index, error)`` for the samples ``indices`` of a map-style dataset
+    yielding ``(PIL image, target)``; a sample that fails to load is returned with its error."""
+
+    def __init__(self, dataset, indices: Sequence[int], preprocess, image_size):
+        self.dataset, self.indices, self.preprocess, self.image_size = dataset, list(indices), preprocess, image_size
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, position):
+        index = self.indices[position]
+        try:
+            image, target = self.dataset[index]
+            return self.preprocess(image), target, index, ""
+        except Exception as exc:  # noqa: BLE001 - reported per sample by the caller
+            return torch.zeros(3, *self.image_size), None, index, f"{type(exc).__name__}: {exc}"
+
+
+class _IterableSamples(torch.utils.data.IterableDataset):
+    """``(pixels, target, -1, "")`` for an iterable dataset yielding ``(PIL image, target)``
+    (a WebDataset pipeline): a failure inside it ends the iteration, so it is raised."""
+
+    def __init__(self, dataset, preprocess):
+        self.dataset, self.preprocess = dataset, preprocess
+
+    def __iter__(self):
+        for image, target in self.dataset:
+            yield self.preprocess(image), target, -1, ""
+
+
+def _collate_samples(batch):
+    pixels, targets, indices, errors = zip(*batch)
+    return torch.stack(pixels), list(targets), list(indices), list(errors)
+
+
+def _stack_targets(targets: List[object]) -> torch.Tensor:
+    if targets and not isinstance(targets[0], (int, np.integer)) and np.ndim(targets[0]) > 0:
+        return torch.stack([torch.as_tensor(np.asarray(t), dtype=torch.float32) for t in targets])
+    return torch.as_tensor([int(t) for t in targets], dtype=torch.long)
+
+
+def encode_dataset(model, dataset, preprocess, indices: Optional[Sequence[int]] = None, batch_size: int = 64,
+                   device="cpu", progress: bool = False, num_workers: int = 0, desc: str = "images"
+                   ) -> Tuple[torch.Tensor, torch.Tensor, List[int], Dict[int, str]]:
+    """Encode a dataset yielding ``(PIL image, target)`` (a torchvision-style map dataset, or an
+    iterable one such as a WebDataset pipeline), applying ``preprocess`` to each image.
+
+    Returns ``(features [n, dim] float32 on CPU, targets [n] or [n, classes], dataset
+    indices of the n rows, {index: error})``; rows are the samples that loaded (for a map
+    dataset, those of ``indices``, default all). A failure inside an iterable dataset stops
+    it and is raised."""
+    from tqdm.auto import tqdm
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    size = tuple(getattr(model, "image_size", (224, 224)))
+    iterable = isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__getitem__")
+    if iterable:
+        samples = _IterableSamples(dataset, preprocess)
+        total = None
+    else:
+        samples = _MapSamples(dataset, range(len(dataset)) if indices is None else indices, preprocess, size)
+        total = len(samples)
+    loader = torch.utils.data.DataLoader(samples, batch_size=batch_size, num_workers=num_workers, shuffle=False,
+                                         collate_fn=_collate_samples)
+    dtype = model_dtype(model)
+    chunks, targets, rows, failures = [], [], [], {}
+    seen = 0
+    with torch.no_grad(), tqdm(total=total, desc=f"encode {desc}", unit="img", disable=not progress) as bar:
+        for pixels, batch_targets, batch_indices, errors in loader:
+            keep = [j for j, error in enumerate(errors) if not error]
+            for j, error in enumerate(errors):
+                if error:
+                    failures[batch_indices[j]] = error
+            if keep:
+                batch = pixels[keep] if len(keep) < len(errors) else pixels
+                chunks.append(model.encode_image(batch.to(device=device, dtype=dtype)).float().cpu())
+                targets.extend(batch_targets[j] for j in keep)
+                rows.extend((seen + j) if iterable else batch_indices[j] for j in keep)
+            seen += len(errors)
+            bar.update(len(errors))
+    if not chunks:
+        raise ValueError(f"no readable images to encode ({len(failures)} failed)")
+    return torch.cat(chunks), _stack_targets(targets), rows, failures
 
 
 def encode_images(model, preprocess, images_or_paths: Sequence[ImageItem], batch_size: int = 64, device="cpu",

@@ -1,10 +1,10 @@
 """Retrieval Recall@K and zero-shot accuracy, computed in chunks so memory stays bounded.
 
-Tie rule (both metrics): a query is a hit at K when **fewer than K non-matching
+Tie rule (every metric here): a query is a hit at K when **fewer than K non-matching
 candidates score at least as high as its best matching candidate**. Ties with a
 non-match therefore count against the model; this is deterministic, whereas a
-``topk``-based implementation (CLIP_benchmark) resolves such ties in whatever order
-the kernel returns. Without ties the two definitions agree exactly.
+``topk``/``argmax``/``sort``-based implementation (CLIP_benchmark) resolves such ties in
+whatever order the kernel returns. Without ties the definitions agree exactly.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["retrieval_recall", "retrieval_recall_dense", "masked_scores", "topk_accuracy",
-           "DEFAULT_CHUNK_ELEMENTS"]
+           "mean_per_class_recall", "average_precision_per_class", "DEFAULT_CHUNK_ELEMENTS"]
 
 # Similarity entries held at once (2**24 float32 = 64 MiB); the working set of a chunk is
 # about 1.3x this (the scores plus one boolean comparison).
@@ -199,3 +199,44 @@ def topk_accuracy(logits: torch.Tensor, labels, ks: Sequence[int] = (1, 5)) -> D
     true = logits.gather(1, labels[:, None])
     rank = (logits >= true).sum(1) - 1
     return {f"top{k}": 100.0 * int((rank < k).sum()) / max(1, len(rank)) for k in ks}
+
+
+def mean_per_class_recall(correct, labels) -> float:
+    """Recall of each class present in ``labels``, averaged (percent): CLIP_benchmark's
+    ``mean_per_class_recall`` (scikit-learn's ``balanced_accuracy_score`` of the top-1
+    prediction). ``correct[i]``: whether sample ``i`` is right at top-1 (tie rule above)."""
+    correct = torch.as_tensor(correct, dtype=torch.float64).flatten()
+    labels = torch.as_tensor(labels, dtype=torch.long).flatten()
+    if correct.shape != labels.shape or not labels.numel():
+        raise ValueError(f"need one correctness flag per label, got {correct.numel()} and {labels.numel()}")
+    classes = int(labels.max()) + 1
+    hits = torch.zeros(classes, dtype=torch.float64).index_add_(0, labels, correct)
+    totals = torch.bincount(labels, minlength=classes).double()
+    present = totals > 0
+    return 100.0 * float((hits[present] / totals[present]).mean())
+
+
+def average_precision_per_class(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Average precision of each class (percent) for multi-label targets, CLIP_benchmark's
+    definition (``average_precision_per_class``, its mAP for ``voc2007_multilabel``): rank the
+    samples by the class's score, average the precision at the rank of every positive, and
+    give a class without positives 0. Ties follow the tie rule above: every sample scoring
+    at least as high as a positive ranks before it. ``scores`` [n, C], ``targets`` [n, C] of 0/1."""
+    scores = torch.as_tensor(scores).double()
+    targets = torch.as_tensor(targets).double()
+    if scores.dim() != 2 or scores.shape != targets.shape:
+        raise ValueError(f"scores and targets must both be [n, classes], got {tuple(scores.shape)} and "
+                         f"{tuple(targets.shape)}")
+    if not bool(((targets == 0) | (targets == 1)).all()):
+        raise ValueError("multi-label targets must be 0 or 1")
+    ap = torch.zeros(scores.shape[1], dtype=torch.float64)
+    for k in range(scores.shape[1]):
+        order = torch.argsort(scores[:, k], descending=True)
+        sorted_scores, truth = scores[order, k], targets[order, k]
+        # within a run of equal scores every member takes the run's last rank and positives
+        _, run_lengths = torch.unique_consecutive(sorted_scores, return_counts=True)
+        run_end = torch.cumsum(run_lengths, 0).repeat_interleave(run_lengths) - 1
+        true_positives = torch.cumsum(truth, 0)[run_end]
+        precision = true_positives / (run_end + 1).double()
+        ap[k] = precision[truth.bool()].sum() / max(float(truth.sum()), 1.0)
+    return 100.0 * ap

@@ -8,6 +8,12 @@ Where a named benchmark's data is looked for, first match wins:
 2. its own environment variable, e.g. ``SMARTCLIP_COCO_ROOT``;
 3. ``<data root>/<folder>`` with the data root from ``root=`` (CLI ``--data-root``) or
    ``SMARTCLIP_DATA``.
+
+CLIP_benchmark's classification datasets are registered as ``clip_benchmark/<id>`` (its
+torchvision-style root, folder ``<id>``) and ``clip_benchmark/wds/<id>`` (its WebDataset
+layout, folder ``wds_<id>``), see ``clip_benchmark.py``. A *suite* names several benchmarks:
+``paper-zeroshot`` (``paper-zeroshot:DATA_ROOT``) is the paper's Table 3, each dataset read
+from whichever of its two folders exists.
 """
 from __future__ import annotations
 
@@ -15,19 +21,23 @@ import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import datasets as ds
 from .benchmark import (Benchmark, ClassificationBenchmark, DatasetNotFoundError, RetrievalBenchmark)
+from .clip_benchmark import (CLIP_BENCHMARK_DATASETS, PAPER_ZEROSHOT, ClipBenchmarkClassification, paper_row,
+                             torchvision_folder, wds_folder)
+from .wds import WDS_LAYOUT
 
 __all__ = ["register_benchmark", "list_benchmarks", "get_benchmark", "describe_benchmarks", "resolve_root",
-           "BenchmarkInfo", "DatasetSpec", "PAPER_BENCHMARKS", "DATA_ROOT_ENV"]
+           "expand_suites", "BenchmarkInfo", "DatasetSpec", "PAPER_BENCHMARKS", "SUITES", "DATA_ROOT_ENV"]
 
 DATA_ROOT_ENV = "SMARTCLIP_DATA"
+SUITES: Dict[str, Tuple[str, ...]] = {"paper-zeroshot": PAPER_ZEROSHOT}  # the paper's Table 3
 RETRIEVAL = "Recall@1/5/10 both directions; image->text hit when any of the image's captions is in the top K, " \
             "text->image over every caption; text tokenised at 248 with truncation (counted)"
-ZERO_SHOT = "zero-shot top-1/top-5; class embedding = mean of L2-normalised embeddings of OpenAI's 80 ImageNet " \
-            "templates, renormalised; logits 100*cos; prompts tokenised at 248"
+ZERO_SHOT = "zero-shot top-1/top-5 and mean per-class recall; class embedding = mean of L2-normalised embeddings " \
+            "of OpenAI's 80 ImageNet templates, renormalised; logits 100*cos; prompts tokenised at 248"
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,7 @@ class DatasetSpec:
     source: str            # where the dataset is published
     protocol: str          # exactly what is measured
     expected_images: int
+    clip_benchmark: Optional[dict] = None  # zero-shot sets read by CLIP_benchmark: its id and protocol options
 
 
 PAPER_BENCHMARKS = (
@@ -91,25 +102,41 @@ PAPER_BENCHMARKS = (
         f"Flickr30k Karpathy test: the 1,000 images with split 'test' x 5 sentences (5,000 texts); {RETRIEVAL}",
         1000),
     DatasetSpec(
-        "imagenet", "classification", ds.load_imagenet, "imagenet", "SMARTCLIP_IMAGENET_ROOT",
-        "val/<wnid>/*.JPEG: 1,000 WordNet-id class folders (sorted order = class index)",
+        "long-dci", "retrieval", ds.load_long_dci, "dci", "SMARTCLIP_DCI_ROOT",
+        "densely_captioned_images/annotations/<name>.json (fields 'image', 'extra_caption') and "
+        "densely_captioned_images/photos/<image>: the DCI release, as for dci",
+        "https://github.com/facebookresearch/DCI (densely_captioned_images.tgz); Long-DCI as TULIP builds it "
+        "(github.com/ivonajdenkoska/tulip, open_clip/data_prep/dci_long_part.py)",
+        f"Long-DCI: every annotation file in densely_captioned_images/annotations/ in sorted file-name order, "
+        f"caption = extra_caption alone, records with an empty extra_caption skipped (counted in "
+        f"counts.empty_extra_caption), one caption per image (7,602 of the release's 7,805); {RETRIEVAL}", 7602),
+    DatasetSpec(
+        "imagenet", "classification", None, "imagenet", "SMARTCLIP_IMAGENET_ROOT",
+        "val/<wnid>/*.JPEG: 1,000 WordNet-id class folders (sorted order = class index); meta.bin or "
+        "ILSVRC2012_devkit_t12.tar.gz beside val/ optional",
         "https://image-net.org/download (ILSVRC2012 validation images, sorted into class folders)",
-        f"ImageNet-1k val: 50,000 images, 1,000 classes, OpenAI class names; {ZERO_SHOT}", 50000),
+        "ImageNet-1k val: 50,000 images, 1,000 classes, OpenAI class names (the released scripts' protocol)", 50000,
+        {"dataset": "imagenet1k"}),
     DatasetSpec(
-        "imagenet-v2", "classification", ds.load_imagenet_v2, "imagenetv2", "SMARTCLIP_IMAGENET_V2_ROOT",
-        f"{ds.IMAGENET_V2_FOLDER}/<class index 0..999>/*.jpeg",
+        "imagenet-v2", "classification", None, "imagenetv2", "SMARTCLIP_IMAGENET_V2_ROOT",
+        "imagenetv2-matched-frequency-format-val/<class index 0..999>/*.jpeg (as extracted; CLIP_benchmark's name "
+        "for it, ImageNetV2-matched-frequency/, works too)",
         "https://huggingface.co/datasets/vaishaal/ImageNetV2 (imagenetv2-matched-frequency.tar.gz)",
-        f"ImageNet-V2 matched-frequency: 10,000 images, 1,000 classes, OpenAI class names; {ZERO_SHOT}", 10000),
+        "ImageNet-V2 matched-frequency: 10,000 images, 1,000 classes, OpenAI class names (the released scripts' "
+        "protocol)", 10000, {"dataset": "imagenetv2"}),
     DatasetSpec(
-        "cifar10", "classification", partial(ds.load_cifar, classes=10), "cifar", "SMARTCLIP_CIFAR_ROOT",
-        "cifar-10-batches-py/test_batch and cifar-10-batches-py/batches.meta (python pickles)",
+        "cifar10", "classification", None, "cifar", "SMARTCLIP_CIFAR_ROOT",
+        "cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}: the whole python archive (torchvision "
+        "checks its MD5 sums)",
         "https://www.cs.toronto.edu/~kriz/cifar.html (CIFAR-10 python version)",
-        f"CIFAR-10 test: 10,000 images, 10 classes (label_names, '_' as space); {ZERO_SHOT}", 10000),
+        "CIFAR-10 test: 10,000 images, 10 classes, label names with '_' as space (the released scripts' protocol)",
+        10000, {"dataset": "cifar10", "classnames_tidy": True}),
     DatasetSpec(
-        "cifar100", "classification", partial(ds.load_cifar, classes=100), "cifar", "SMARTCLIP_CIFAR_ROOT",
-        "cifar-100-python/test and cifar-100-python/meta (python pickles)",
+        "cifar100", "classification", None, "cifar", "SMARTCLIP_CIFAR_ROOT",
+        "cifar-100-python/{train, test, meta}: the whole python archive (torchvision checks its MD5 sums)",
         "https://www.cs.toronto.edu/~kriz/cifar.html (CIFAR-100 python version)",
-        f"CIFAR-100 test: 10,000 images, 100 fine classes (fine_label_names, '_' as space); {ZERO_SHOT}", 10000),
+        "CIFAR-100 test: 10,000 images, 100 fine classes, label names with '_' as space (the released scripts' "
+        "protocol)", 10000, {"dataset": "cifar100", "classnames_tidy": True}),
 )
 
 
@@ -121,25 +148,31 @@ class BenchmarkInfo:
     prefix: bool = False
     folder: Optional[str] = None
     env: Optional[str] = None
+    layout: str = ""       # what the benchmark reads under its root (shown by --list)
+    group: str = ""        # for --list: a family of similar benchmarks
 
 
 _REGISTRY: Dict[str, BenchmarkInfo] = {}
 
 
 def register_benchmark(name: str, factory: Callable[..., Benchmark], description: str, prefix: bool = False, *,
-                       folder: Optional[str] = None, env: Optional[str] = None) -> None:
+                       folder: Optional[str] = None, env: Optional[str] = None, layout: str = "",
+                       group: str = "") -> None:
     """Add a benchmark. ``prefix=False``: spec ``name`` (or ``name:ROOT``) calls
     ``factory(root: Path, **options)`` with the root found as the module docstring says
     (``folder`` under the data root, default ``name``; ``env`` an environment variable).
     ``prefix=True``: spec ``name:ARG`` calls ``factory(ARG, **options)``."""
     if not name or ":" in name:
         raise ValueError(f"benchmark name must be non-empty without ':', got {name!r}")
-    _REGISTRY[name] = BenchmarkInfo(name, factory, description, prefix, folder, env)
+    if name in SUITES:
+        raise ValueError(f"{name!r} is a suite name")
+    _REGISTRY[name] = BenchmarkInfo(name, factory, description, prefix, folder, env, layout, group)
 
 
 def list_benchmarks() -> List[str]:
-    """Registered names; prefix benchmarks are listed as ``name:ARG``."""
-    return [f"{n}:{'PATH' if n == 'retrieval' else 'DIR'}" if info.prefix else n for n, info in _REGISTRY.items()]
+    """Registered names, then suite names; prefix benchmarks are listed as ``name:ARG``."""
+    return [f"{n}:{'PATH' if n == 'retrieval' else 'DIR'}" if info.prefix else n
+            for n, info in _REGISTRY.items()] + list(SUITES)
 
 
 def describe_benchmarks() -> List[BenchmarkInfo]:
@@ -160,13 +193,58 @@ def resolve_root(info: BenchmarkInfo, explicit: Optional[str], root: Optional[st
         f"'{info.name}:PATH'.")
 
 
+def expand_suites(specs: Sequence[str], root: Optional[str] = None) -> Tuple[List[Tuple[str, Optional[str]]],
+                                                                            Dict[str, str]]:
+    """Replace suite names by their members: ``[(spec, suite or None)]`` and, for members with
+    no data in either layout, ``{spec: what was looked for}``. A member ``<id>`` of
+    ``paper-zeroshot`` is ``clip_benchmark/wds/<id>`` when ``<data root>/wds_<id>`` exists,
+    else ``clip_benchmark/<id>`` (``<data root>/<id>``)."""
+    out: List[Tuple[str, Optional[str]]] = []
+    absent: Dict[str, str] = {}
+    for spec in specs:
+        name, _, arg = spec.partition(":")
+        if name not in SUITES:
+            out.append((spec, None))
+            continue
+        base = arg or root or os.environ.get(DATA_ROOT_ENV)
+        if not base:
+            raise DatasetNotFoundError(f"{name}: no data root. Give --data-root DIR (or {DATA_ROOT_ENV}=DIR, or the "
+                                       f"spec '{name}:DIR') holding each dataset as wds_<id>/ or <id>/")
+        base_path = Path(base).expanduser()
+        for dataset_id in SUITES[name]:
+            candidates = [(f"clip_benchmark/wds/{dataset_id}", base_path / wds_folder(dataset_id)),
+                          (f"clip_benchmark/{dataset_id}", base_path / torchvision_folder(dataset_id))]
+            found = next(((n, p) for n, p in candidates if p.is_dir()), None)
+            if found is None:
+                member = candidates[0][0]
+                absent[member] = (f"{dataset_id}: neither {candidates[0][1]} (CLIP_benchmark's WebDataset layout: "
+                                  f"{WDS_LAYOUT}) nor {candidates[1][1]} ({CLIP_BENCHMARK_DATASETS[dataset_id].layout})"
+                                  f" exists")
+                out.append((member, name))
+            else:
+                out.append((f"{found[0]}:{found[1]}" if arg else found[0], name))
+    return out, absent
+
+
+def absent_result(spec: str, looked_for: str) -> dict:
+    """The result of a suite member with no data, run with partial results allowed."""
+    result = {"benchmark": spec, "protocol": "not run: no data", "metrics": {}, "counts": {}, "partial": True,
+              "missing": [looked_for], "seconds": 0.0}
+    paper = paper_row(spec.split(":")[0].split("/")[-1])
+    return {**result, "paper": paper} if paper else result
+
+
 def get_benchmark(spec: str, root: Optional[str] = None, **options) -> Benchmark:
     """A runnable benchmark from a spec: ``"coco"``, ``"coco:/data/coco"``, ``"retrieval:pairs.csv"``,
     ``"classification:DIR"``, ``"scenes:DIR"``. ``options`` go to the factory (e.g.
     ``expected_images``, ``masked``, ``num_workers``)."""
     name, _, arg = spec.partition(":")
+    if name in SUITES:
+        raise KeyError(f"{name!r} is a suite of benchmarks; expand it with expand_suites() (evaluate() does)")
     if name not in _REGISTRY:
-        raise KeyError(f"unknown benchmark {name!r}; registered: {', '.join(list_benchmarks())}")
+        close = [n for n in list_benchmarks() if name.split("/")[-1] in n][:8]
+        raise KeyError(f"unknown benchmark {name!r}; " + (f"did you mean: {', '.join(close)}? " if close else "")
+                       + "see smartclip eval --list")
     info = _REGISTRY[name]
     if info.prefix:
         if not arg:
@@ -192,6 +270,8 @@ def _dataset_benchmark(spec: DatasetSpec, root: Path, *, expected_images: Option
     only): a list or a file of prompt templates replacing OpenAI's 80 (recorded too)."""
     if not root.exists():
         raise DatasetNotFoundError(_layout_message(spec, root, f"data root {root} does not exist"))
+    if spec.clip_benchmark is not None:
+        return _legacy_zero_shot(spec, root, expected_images, masked, num_workers, templates, loader_options)
 
     def load():
         try:
@@ -216,6 +296,45 @@ def _dataset_benchmark(spec: DatasetSpec, root: Path, *, expected_images: Option
         protocol += f" [TEMPLATES OVERRIDDEN: {len(template_list)} templates instead of OpenAI's 80]"
     return ClassificationBenchmark(spec.name, protocol, load, root=root, expected_images=expected_images,
                                    masked=masked, num_workers=num_workers, templates=template_list)
+
+
+def _legacy_zero_shot(spec: DatasetSpec, root: Path, expected_images, masked, num_workers, templates,
+                      loader_options) -> Benchmark:
+    """``imagenet``, ``imagenet-v2``, ``cifar10``, ``cifar100``: read by CLIP_benchmark like its
+    own entries (one code path), with the released scripts' templates and class names."""
+    if loader_options:
+        raise TypeError(f"{spec.name}: unknown options {sorted(loader_options)}")
+    notes = []
+    if expected_images == -1:
+        expected_images = spec.expected_images
+    elif expected_images != spec.expected_images:
+        notes.append(f"SIZE OVERRIDDEN: expected_images={expected_images}, protocol has {spec.expected_images}")
+    template_list = _read_templates(templates)
+    if template_list is not None:
+        notes.append(f"TEMPLATES OVERRIDDEN: {len(template_list)} templates instead of OpenAI's 80")
+    cb = dict(spec.clip_benchmark)
+    return ClipBenchmarkClassification(
+        spec.name, cb.pop("dataset"), root, "torchvision", templates=template_list or "openai",
+        expected_images=expected_images, description=spec.protocol, notes=notes, folder=spec.folder, masked=masked,
+        num_workers=num_workers, **cb)
+
+
+def _clip_benchmark(dataset_id: str, layout: str, root: Path, *, expected_images: Optional[int] = -1, templates=None,
+                    masked: bool = False, num_workers: int = 0) -> Benchmark:
+    """``clip_benchmark/<id>`` and ``clip_benchmark/wds/<id>``: CLIP_benchmark's protocol.
+    ``expected_images`` overrides the split's size (``None``: unchecked); ``templates`` (a
+    list or a file) replaces CLIP_benchmark's."""
+    known = CLIP_BENCHMARK_DATASETS[dataset_id].expected_images
+    notes = []
+    if expected_images == -1:
+        expected_images = known
+    elif expected_images != known:
+        notes.append(f"SIZE OVERRIDDEN: expected_images={expected_images}, the split has {known}")
+    template_list = _read_templates(templates)
+    name = f"clip_benchmark/{'wds/' if layout == 'wds' else ''}{dataset_id}"
+    return ClipBenchmarkClassification(name, dataset_id, root, layout, templates=template_list,
+                                       expected_images=expected_images, notes=notes, masked=masked,
+                                       num_workers=num_workers)
 
 
 def _layout_message(spec: DatasetSpec, root: Path, problem: str) -> str:
@@ -252,7 +371,14 @@ def _scenes(root_dir: str, **options) -> Benchmark:
 
 for _spec in PAPER_BENCHMARKS:
     register_benchmark(_spec.name, partial(_dataset_benchmark, _spec), _spec.protocol, folder=_spec.folder,
-                       env=_spec.env)
+                       env=_spec.env, layout=_spec.layout, group="paper")
+for _id, _info in CLIP_BENCHMARK_DATASETS.items():
+    register_benchmark(f"clip_benchmark/{_id}", partial(_clip_benchmark, _id, "torchvision"),
+                       f"CLIP_benchmark {_id}, torchvision layout", folder=torchvision_folder(_id),
+                       layout=_info.layout, group="clip_benchmark")
+    register_benchmark(f"clip_benchmark/wds/{_id}", partial(_clip_benchmark, _id, "wds"),
+                       f"CLIP_benchmark {_id}, WebDataset layout", folder=wds_folder(_id), layout=WDS_LAYOUT,
+                       group="clip_benchmark")
 register_benchmark("retrieval", _retrieval_csv,
                    "image/text retrieval over a CSV of image,caption rows (several captions per image allowed); "
                    + RETRIEVAL, prefix=True)

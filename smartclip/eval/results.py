@@ -50,11 +50,37 @@ def _fmt(value) -> str:
     return f"{value:.2f}" if isinstance(value, (int, float)) else ("" if value is None else str(value))
 
 
+def _paper_table(run: dict, results: Dict[str, dict]) -> List[str]:
+    """The zero-shot results that the paper reports (Table 3) beside its numbers."""
+    rows = {k: r for k, r in results.items() if r.get("paper")}
+    if not rows:
+        return []
+    first = next(iter(rows.values()))["paper"]
+    models = [k for k in first if k not in ("source", "metric")]
+    versions = sorted({r["zeroshot"]["clip_benchmark_version"] for r in rows.values() if "zeroshot" in r})
+    lines = ["## Zero-shot classification beside the paper", "",
+             f"Paper: {first['source']}. Ours: `{run.get('model')}` (context {run.get('context_length')}); "
+             f"datasets, class names and templates from CLIP_benchmark {', '.join(versions) or '?'}; "
+             f"metric top-1 % (mAP % for multi-label sets).", "",
+             "| dataset | metric | ours | " + " | ".join(f"{m} (paper)" for m in models)
+             + " | class names | templates | partial |",
+             "|---" * (6 + len(models)) + "|"]
+    for key, r in rows.items():
+        paper, counts = r["paper"], r.get("counts", {})
+        ours = r.get("metrics", {}).get(paper["metric"])
+        partial = "not run (no data)" if not r.get("metrics") else \
+            f"PARTIAL ({len(r.get('missing', []))} missing)" if r.get("partial") else "no"
+        lines.append(f"| {key} | {paper['metric']} | {_fmt(ours)} | " + " | ".join(_fmt(paper[m]) for m in models)
+                     + f" | {counts.get('classes', '')} | {counts.get('templates', '')} | {partial} |")
+    return lines + [""]
+
+
 def markdown_table(run: dict) -> str:
-    """One row per benchmark (metrics, item counts, partial flag), then each protocol."""
+    """One row per benchmark (metrics, item counts, partial flag), the zero-shot results the
+    paper reports beside its numbers, then each protocol."""
     results = run["results"]
     lines = [f"# Evaluation of `{run.get('model')}` (weights {run.get('checkpoint_hash')}, "
-             f"context {run.get('context_length')})", ""]
+             f"context {run.get('context_length')})", "", "Every metric in percent.", ""]
     retrieval = {k: r for k, r in results.items() if any(m.startswith(("i2t", "t2i")) for m in r.get("metrics", {}))}
     other = {k: r for k, r in results.items() if k not in retrieval}
     for group in (retrieval, other):
@@ -70,6 +96,7 @@ def markdown_table(run: dict) -> str:
             lines.append(f"| {key} | " + " | ".join(_fmt(r['metrics'].get(n)) for n in names)
                          + f" | {items} | {partial} |")
         lines.append("")
+    lines.extend(_paper_table(run, results))
     lines.append("Protocols:")
     lines.append("")
     for key, r in results.items():
@@ -104,6 +131,7 @@ def compare_table(runs: Sequence[dict], labels: Sequence[str]) -> str:
             diffs = [(v - values[0]) if v is not None and values[0] is not None else None for v in values[1:]]
             lines.append(f"| {key}{flag} | {metric} | " + " | ".join(_fmt(v) for v in values) + " | "
                          + " | ".join(("" if d is None else f"{d:+.2f}") for d in diffs) + " |")
+    lines += ["", "Metrics in percent; differences in percentage points."]
     if notes:
         lines += ["", *notes]
     return "\n".join(lines)

@@ -8,8 +8,8 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-from .benchmark import FeatureCache
-from .registry import get_benchmark
+from .benchmark import DatasetNotFoundError, FeatureCache
+from .registry import absent_result, expand_suites, get_benchmark
 from .results import RESULTS_FORMAT, write_results
 
 __all__ = ["evaluate", "run_record"]
@@ -39,14 +39,16 @@ def evaluate(model, specs: Sequence[str], *, root=None, device="cpu", batch_size
              allow_partial: bool = False, progress: bool = True, cache_dir=None,
              options: Optional[Dict[str, dict]] = None, model_label: Optional[str] = None,
              num_workers: int = 0, feature_cache: Optional[FeatureCache] = None) -> Dict[str, dict]:
-    """Evaluate ``model`` on each benchmark spec (see :func:`get_benchmark`) and return
+    """Evaluate ``model`` on each benchmark spec (see :func:`get_benchmark`; a suite name such as
+    ``paper-zeroshot`` stands for its members, and ``options`` for it apply to each) and return
     ``{spec: result}``. The model is put in eval mode and restored afterwards (the training
     loop calls this). Features are cached per model weights (``state_dict_hash``) and
     benchmark inputs, in memory and under ``cache_dir`` when given. With ``out_dir``,
     writes ``eval_<hash>.json`` and ``eval_<hash>.md``. ``options[spec]`` holds extra
     factory options for one spec (e.g. ``{"coco": {"masked": True}}``); ``num_workers``
     image-loading processes. A benchmark with missing data raises
-    :class:`IncompleteBenchmarkError` unless ``allow_partial``."""
+    :class:`IncompleteBenchmarkError` unless ``allow_partial`` (a suite member with no data at
+    all then appears with empty metrics, marked partial)."""
     import smartclip
     if isinstance(specs, str):
         specs = [specs]
@@ -56,10 +58,16 @@ def evaluate(model, specs: Sequence[str], *, root=None, device="cpu", batch_size
     unknown = set(options) - set(specs)
     if unknown:
         raise ValueError(f"options given for benchmarks that are not run: {sorted(unknown)}")
+    members, absent = expand_suites(specs, root)
+    if absent and not allow_partial:
+        raise DatasetNotFoundError("no data for " + "; ".join(absent.values()) + ". Nothing is downloaded; allow "
+                                   "partial results (--allow-partial) to run the suite's other members")
     # build every benchmark first so a typo or missing root fails before any encoding
     benches = {}
-    for spec in specs:
-        opts = dict(options.get(spec, {}))
+    for spec, suite in members:
+        if spec in absent:
+            continue
+        opts = {**options.get(suite, {}), **options.get(spec, {})}
         if num_workers and not spec.startswith("scenes:"):  # our file benchmarks take it
             opts.setdefault("num_workers", num_workers)
         benches[spec] = get_benchmark(spec, root=root, **opts)
@@ -69,7 +77,7 @@ def evaluate(model, specs: Sequence[str], *, root=None, device="cpu", batch_size
     preprocess = smartclip.image_transform(model, train=False)
     was_training = model.training
     model.eval()
-    results: Dict[str, dict] = {}
+    results: Dict[str, dict] = {spec: absent_result(spec, looked_for) for spec, looked_for in absent.items()}
     try:
         for spec, bench in benches.items():
             started = time.time()

@@ -1,14 +1,15 @@
 """Zero-shot classification: prompt-ensembled class embeddings (SPEC 6) and scoring."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .metrics import masked_scores
+from .metrics import average_precision_per_class, masked_scores, mean_per_class_recall
 
-__all__ = ["openai_templates", "imagenet_classnames", "build_classifier", "classify", "format_prompts"]
+__all__ = ["openai_templates", "imagenet_classnames", "build_classifier", "classify", "classify_multilabel",
+           "format_prompts"]
 
 
 def openai_templates() -> List[str]:
@@ -24,13 +25,14 @@ def imagenet_classnames() -> List[str]:
 
 
 def format_prompts(classnames: Sequence[str], templates: Sequence[str]) -> List[str]:
-    """Class-major list: every template for class 0, then for class 1, ..."""
+    """Class-major list: every template for class 0, then for class 1, ... A template holds
+    the class name as ``{}`` (OpenAI's style) or ``{c}`` (CLIP_benchmark's)."""
     if not classnames or not templates:
         raise ValueError("need at least one class name and one template")
     for t in templates:
-        if "{}" not in t:
-            raise ValueError(f"template {t!r} has no '{{}}' placeholder for the class name")
-    return [t.format(c) for c in classnames for t in templates]
+        if "{}" not in t and "{c}" not in t:
+            raise ValueError(f"template {t!r} has no '{{}}' or '{{c}}' placeholder for the class name")
+    return [t.format(c=c) if "{c}" in t else t.format(c) for c in classnames for t in templates]
 
 
 def build_classifier(model, tokenizer, classnames: Sequence[str], templates: Optional[Sequence[str]] = None,
@@ -62,28 +64,48 @@ def build_classifier(model, tokenizer, classnames: Sequence[str], templates: Opt
     return out
 
 
+def _logits(image_features: torch.Tensor, classifier: Dict[str, torch.Tensor], masked: bool) -> torch.Tensor:
+    if masked:
+        if "masks" not in classifier:
+            raise ValueError("masked scoring needs a classifier built with with_masks=True")
+        return 100.0 * masked_scores(image_features, classifier["weights"], classifier["masks"])
+    return 100.0 * F.normalize(image_features, dim=-1) @ classifier["weights"].T
+
+
 def classify(image_features: torch.Tensor, labels, classifier: Dict[str, torch.Tensor],
              ks: Sequence[int] = (1, 5), masked: bool = False, chunk_size: int = 4096) -> Dict[str, float]:
-    """Top-K accuracy (percent) of ``100 * cos(image, class)`` logits, or of masked scores
-    (SPEC 5, with the class masks of :func:`build_classifier`) when ``masked``."""
+    """Top-K accuracy and mean per-class recall (percent) of ``100 * cos(image, class)``
+    logits, or of masked scores (SPEC 5, with the class masks of :func:`build_classifier`)
+    when ``masked``. Top-K is reported for K up to the number of classes."""
     weights = classifier["weights"]
     ks = tuple(k for k in ks if k <= weights.shape[0]) or (1,)
     labels = torch.as_tensor(labels, dtype=torch.long)
     image_features = torch.as_tensor(image_features).float()
-    if masked and "masks" not in classifier:
-        raise ValueError("masked scoring needs a classifier built with with_masks=True")
     if labels.shape != (image_features.shape[0],):
         raise ValueError(f"{image_features.shape[0]} images but {labels.numel()} labels")
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= weights.shape[0]):
+    if not labels.numel():
+        raise ValueError("no images to classify")
+    if int(labels.min()) < 0 or int(labels.max()) >= weights.shape[0]:
         raise ValueError(f"labels must be class indices in [0, {weights.shape[0] - 1}]")
     ranks = []
     for start in range(0, image_features.shape[0], chunk_size):
-        chunk = image_features[start:start + chunk_size]
-        if masked:
-            logits = 100.0 * masked_scores(chunk, weights, classifier["masks"])
-        else:
-            logits = 100.0 * F.normalize(chunk, dim=-1) @ weights.T
+        logits = _logits(image_features[start:start + chunk_size], classifier, masked)
         true = logits.gather(1, labels[start:start + chunk_size, None])
         ranks.append((logits >= true).sum(1) - 1)  # other classes scoring at least as high
     rank = torch.cat(ranks)
-    return {f"top{k}": 100.0 * int((rank < k).sum()) / rank.numel() for k in ks}
+    metrics = {f"top{k}": 100.0 * int((rank < k).sum()) / rank.numel() for k in ks}
+    metrics["mean_per_class_recall"] = mean_per_class_recall(rank == 0, labels)
+    return metrics
+
+
+def classify_multilabel(image_features: torch.Tensor, targets, classifier: Dict[str, torch.Tensor],
+                        masked: bool = False) -> Dict[str, float]:
+    """Mean average precision (percent) over classes for multi-label ``targets`` [n, classes]
+    of 0/1, CLIP_benchmark's definition (see :func:`average_precision_per_class`)."""
+    targets = torch.as_tensor(targets).float()
+    image_features = torch.as_tensor(image_features).float()
+    if targets.shape != (image_features.shape[0], classifier["weights"].shape[0]):
+        raise ValueError(f"targets must be [images, classes] = [{image_features.shape[0]}, "
+                         f"{classifier['weights'].shape[0]}], got {tuple(targets.shape)}")
+    ap = average_precision_per_class(_logits(image_features, classifier, masked), targets)
+    return {"mAP": float(ap.mean())}

@@ -35,6 +35,10 @@ PROTOCOL = (
     "control = same with a concept neither names")
 
 
+# which scenes each evaluation split scores: (multi-object scenes, one-object scenes)
+EVAL_SPLITS = {"test": ("test", "single"), "val": ("val", "val_single")}
+
+
 def jaccard(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Row-wise Jaccard overlap of 0/1 masks; two empty masks count as identical (1)."""
     a, b = a.bool(), b.bool()
@@ -53,19 +57,30 @@ class SceneBenchmark:
     ``probe_train_images``: training images used to fit the linear probes;
     ``phrases_per_concept`` / ``pairs_per_concept``: captions for the mask metrics;
     ``seed``: which captions are drawn for the mask metrics; ``masked``: rank retrieval and
-    concept prompts with masked scores ``<u(i, q), tn_q>`` (SPEC 5) instead of cosine.
+    concept prompts with masked scores ``<u(i, q), tn_q>`` (SPEC 5) instead of cosine;
+    ``split``: ``test`` (the test and one-object scenes) or ``val`` (the validation split of
+    training-like scenes and its one-object scenes, where settings are chosen).
     """
 
     name = "scenes"
     protocol = PROTOCOL
 
     def __init__(self, root_dir: str, *, probe_train_images: int = 2000, phrases_per_concept: int = 8,
-                 pairs_per_concept: int = 8, seed: int = 0, masked: bool = False):
+                 pairs_per_concept: int = 8, seed: int = 0, masked: bool = False, split: str = "test"):
         self.root = Path(root_dir)
         self.masked = bool(masked)
+        if split not in EVAL_SPLITS:
+            raise ValueError(f"scene benchmark: split must be one of {list(EVAL_SPLITS)}, got {split!r}")
+        self.split = split
         if self.masked:
             self.protocol = PROTOCOL + "; retrieval and concept prompts ranked by masked scores (SPEC 5)"
+        if split != "test":
+            self.protocol += f"; scored on the {split} split ({' + '.join(EVAL_SPLITS[split])}), not the test scenes"
         self.labels = load_labels(root_dir)
+        absent = [s for s in EVAL_SPLITS[split] if not self.labels["splits"].get(s)]
+        if absent:
+            raise ValueError(f"scene benchmark {root_dir}: the dataset has no {' / '.join(absent)} scenes; write it "
+                             f"with num_val=... and num_val_single=... to score the {split} split")
         self.probe_train_images = probe_train_images
         self.phrases_per_concept = phrases_per_concept
         self.pairs_per_concept = pairs_per_concept
@@ -105,8 +120,9 @@ class SceneBenchmark:
             raise ValueError("scene benchmark: masked scoring needs a trained mask network "
                              "(model.mask_trained is False)")
         missing: List[str] = []
-        test = self._records("test", allow_partial, missing)
-        single = self._records("single", allow_partial, missing)
+        multi_split, single_split = EVAL_SPLITS[self.split]
+        test = self._records(multi_split, allow_partial, missing)
+        single = self._records(single_split, allow_partial, missing)
         train = self._records("train", allow_partial, missing)[: self.probe_train_images]
         if not test or not single:
             raise ValueError(f"scene benchmark {self.root}: no test or single-object images to score")

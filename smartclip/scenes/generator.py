@@ -12,7 +12,11 @@ short captions naming disjoint subsets of its objects (the web alt-text analogue
 Splits: some concept pairs are **held out**: no training scene contains both concepts
 of a held-out pair, and every multi-object test scene contains one, so each test scene
 is a combination of concepts never seen together in training. ``single`` holds
-one-object scenes for recognition accuracy.
+one-object scenes for recognition accuracy. ``val`` / ``val_single`` are a validation
+split drawn like ``train`` / ``single`` but never trained on (settings are chosen there,
+never on the test scenes), and ``pretrain`` / ``pretrain_single`` are a separate pool of training-like scenes
+for building a starting model. Each split has its own random stream, so adding one
+leaves the others unchanged.
 
 Everything is drawn from ``numpy.random.default_rng(seed)``: the same seed and sizes give
 byte-identical files.
@@ -35,7 +39,7 @@ __all__ = ["Concept", "SceneObject", "Scene", "CONCEPTS", "COLOURS", "SIZES", "P
            "SceneGenerator", "generate_scenes", "write_dataset", "load_labels", "LABELS_FILE",
            "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 LABELS_FILE = "labels.json"
 
 
@@ -65,6 +69,10 @@ COLOURS: Dict[str, Tuple[int, int, int]] = {
 SIZES = ("small", "large")
 POSITIONS = ("top left", "top right", "bottom left", "bottom right")
 _SIZE_FRACTION = {"small": 0.5, "large": 0.85}  # of the quadrant's side
+# split -> (salt of its scene stream, salt of its drawing stream); fixed, so a split's
+# content depends only on the seed and its own size
+SPLITS = {"train": (11, 0), "test": (12, 1), "single": (13, 2), "val": (14, 3), "val_single": (15, 4),
+          "pretrain": (16, 5), "pretrain_single": (17, 6)}
 
 
 @dataclass
@@ -234,18 +242,18 @@ class SceneGenerator:
         return scene
 
     def scenes(self, split: str, n: int) -> List[Scene]:
-        """``n`` scenes of ``split``: ``train`` (no held-out pair), ``test`` (each with one
-        held-out pair, cycling through them) or ``single`` (one object, concepts cycled)."""
-        salt = {"train": 11, "test": 12, "single": 13}
-        if split not in salt:
-            raise ValueError(f"split must be one of {sorted(salt)}, got {split!r}")
-        rng = np.random.default_rng([self.seed, salt[split]])
+        """``n`` scenes of ``split``: ``train``, ``val`` and ``pretrain`` (no held-out pair),
+        ``test`` (each with one held-out pair, cycling through them), ``single``,
+        ``val_single`` and ``pretrain_single`` (one object, concepts cycled)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        rng = np.random.default_rng([self.seed, SPLITS[split][0]])
         names = [c.name for c in CONCEPTS]
         out = []
         for index in range(n):
-            if split == "single":
+            if split.endswith("single"):
                 chosen = [names[index % len(names)]]
-            elif split == "train":
+            elif split in ("train", "val", "pretrain"):
                 while True:
                     k = int(rng.integers(self.min_objects, self.max_objects + 1))
                     chosen = [names[i] for i in rng.choice(len(names), k, replace=False)]
@@ -262,8 +270,7 @@ class SceneGenerator:
 
     def render(self, scene: Scene) -> Image.Image:
         """The scene's image; the sprite randomness comes from the seed, split and index."""
-        split_id = {"train": 0, "test": 1, "single": 2}[scene.split]
-        rng = np.random.default_rng([self.seed, 100 + split_id, scene.index])
+        rng = np.random.default_rng([self.seed, 100 + SPLITS[scene.split][1], scene.index])
         s = self.image_size
         background = rng.normal(40, 6, size=(s, s, 3)).clip(0, 255).astype(np.uint8)
         canvas = Image.fromarray(background).convert("RGBA")
@@ -289,23 +296,28 @@ def _random_partition(n: int, rng) -> List[List[int]]:
 
 # ---------------------------------------------------------------------- dataset files
 def generate_scenes(seed: int = 0, num_train: int = 4000, num_test: int = 400, num_single: int = 128,
-                    image_size: int = 64, num_held_out_pairs: int = 12) -> Tuple[SceneGenerator, Dict[str, List[Scene]]]:
+                    image_size: int = 64, num_held_out_pairs: int = 12, num_val: int = 0, num_val_single: int = 0,
+                    num_pretrain: int = 0, num_pretrain_single: int = 0
+                    ) -> Tuple[SceneGenerator, Dict[str, List[Scene]]]:
+    """The generator and ``{split: scenes}`` for every split with at least one scene."""
     gen = SceneGenerator(image_size=image_size, seed=seed, num_held_out_pairs=num_held_out_pairs)
-    splits = {"train": gen.scenes("train", num_train), "test": gen.scenes("test", num_test),
-              "single": gen.scenes("single", num_single)}
-    return gen, splits
+    sizes = {"train": num_train, "test": num_test, "single": num_single, "val": num_val,
+             "val_single": num_val_single, "pretrain": num_pretrain, "pretrain_single": num_pretrain_single}
+    return gen, {split: gen.scenes(split, n) for split, n in sizes.items() if n > 0}
 
 
 def write_dataset(root: str, seed: int = 0, num_train: int = 4000, num_test: int = 400,
                   num_single: int = 128, image_size: int = 64, num_held_out_pairs: int = 12,
-                  overwrite: bool = False) -> Path:
+                  num_val: int = 0, num_val_single: int = 0, num_pretrain: int = 0,
+                  num_pretrain_single: int = 0, overwrite: bool = False) -> Path:
     """Write the scene dataset under ``root`` and return it.
 
     Files (CSV columns ``filepath,title``, paths relative to the CSV, open_clip's
-    convention): ``{train,test}_long.csv`` (one row per image), ``{train,test}_short.csv``
-    (one row per short caption), ``single.csv`` (one-object scenes with their long
-    caption), ``images/<split>/NNNNNN.png`` and ``labels.json`` (concepts, attributes,
-    captions, held-out pairs, generation settings).
+    convention): ``<split>_long.csv`` (one row per image) and ``<split>_short.csv`` (one row
+    per short caption) for the multi-object splits (``train``, ``test``, and ``val`` /
+    ``pretrain`` when asked for), ``single.csv``, ``val_single.csv``, ``pretrain_single.csv``
+    (one-object scenes with their long caption), ``images/<split>/NNNNNN.png`` and ``labels.json`` (concepts,
+    attributes, captions, held-out pairs, generation settings).
 
     An existing dataset with identical settings is reused; different settings raise
     unless ``overwrite``.
@@ -313,7 +325,8 @@ def write_dataset(root: str, seed: int = 0, num_train: int = 4000, num_test: int
     root_path = Path(root)
     settings = {"format_version": FORMAT_VERSION, "seed": seed, "num_train": num_train,
                 "num_test": num_test, "num_single": num_single, "image_size": image_size,
-                "num_held_out_pairs": num_held_out_pairs}
+                "num_held_out_pairs": num_held_out_pairs, "num_val": num_val, "num_val_single": num_val_single,
+                "num_pretrain": num_pretrain, "num_pretrain_single": num_pretrain_single}
     labels_path = root_path / LABELS_FILE
     if labels_path.exists():
         existing = json.loads(labels_path.read_text())
@@ -323,16 +336,17 @@ def write_dataset(root: str, seed: int = 0, num_train: int = 4000, num_test: int
             raise FileExistsError(
                 f"{labels_path} holds a scene dataset with settings {existing.get('settings')}, "
                 f"not {settings}; choose another directory or pass overwrite=True")
-    gen, splits = generate_scenes(seed, num_train, num_test, num_single, image_size, num_held_out_pairs)
+    gen, splits = generate_scenes(seed, num_train, num_test, num_single, image_size, num_held_out_pairs,
+                                  num_val, num_val_single, num_pretrain, num_pretrain_single)
     for split, scenes in splits.items():
         (root_path / "images" / split).mkdir(parents=True, exist_ok=True)
         for scene in scenes:
             gen.render(scene).save(root_path / scene.filepath, optimize=False)
-    for split in ("train", "test"):
-        _write_csv(root_path / f"{split}_long.csv", [(s.filepath, s.long_caption) for s in splits[split]])
-        _write_csv(root_path / f"{split}_short.csv",
-                   [(s.filepath, c) for s in splits[split] for c in s.short_captions])
-    _write_csv(root_path / "single.csv", [(s.filepath, s.long_caption) for s in splits["single"]])
+        if split.endswith("single"):
+            _write_csv(root_path / f"{split}.csv", [(s.filepath, s.long_caption) for s in scenes])
+        else:
+            _write_csv(root_path / f"{split}_long.csv", [(s.filepath, s.long_caption) for s in scenes])
+            _write_csv(root_path / f"{split}_short.csv", [(s.filepath, c) for s in scenes for c in s.short_captions])
     labels = {
         "settings": settings,
         "concepts": [asdict(c) for c in CONCEPTS],

@@ -66,12 +66,25 @@ class LossConfig:
     ``logit_scale.exp()``, read once when the run starts and written as a number into the run's
     ``config.yaml`` (so a resume uses the same value); ``null`` learns CLIP's temperature
     (``objective=clip`` only). ``full_mask`` forces the mask to all ones: SmartCLIP's loss with
-    m = 1, a control."""
+    m = 1, a control.
+
+    Opt-in mask variants beyond the released recipe (docs/architecture.md, "Mask variants"):
+    ``sparsity_target`` (a fraction in (0, 1)) turns ``sparsity_weight`` into the starting value of
+    a Lagrange multiplier raised or lowered by dual ascent (step ``dual_lr``) until the active
+    fraction meets the target; ``union_weight`` / ``exclusive_weight`` weigh the sentence-structure
+    terms (a caption's mask is the union of its sentences' masks; sentences of one caption select
+    different dimensions); ``gate_temperature`` ``[start, end]`` anneals the hard-concrete gates of
+    ``model.options.mask_gate=hard_concrete`` geometrically over the run."""
     align_weight: float = 10.0
     sparsity_weight: float = 2.0
     scale: Union[float, Literal["model"], None] = 100.0
     full_mask: bool = False
     local_loss: bool = True
+    sparsity_target: Optional[float] = None
+    dual_lr: float = 10.0
+    union_weight: float = 0.0
+    exclusive_weight: float = 0.0
+    gate_temperature: List[float] = field(default_factory=lambda: [2 / 3, 2 / 3])
 
     def validate(self, prefix="loss"):
         _non_negative(self.align_weight, f"{prefix}.align_weight")
@@ -79,6 +92,18 @@ class LossConfig:
         if isinstance(self.scale, float) and not (self.scale > 0 and math.isfinite(self.scale)):
             raise ConfigError(f"{prefix}.scale: must be a number > 0, 'model' (the starting checkpoint's own "
                               f"logit_scale.exp()) or null (learned), got {self.scale}")
+        if self.sparsity_target is not None and not 0 < self.sparsity_target < 1:
+            raise ConfigError(f"{prefix}.sparsity_target: a fraction of active dimensions in (0, 1) or null, "
+                              f"got {self.sparsity_target}")
+        _non_negative(self.dual_lr, f"{prefix}.dual_lr")
+        _non_negative(self.union_weight, f"{prefix}.union_weight")
+        _non_negative(self.exclusive_weight, f"{prefix}.exclusive_weight")
+        if len(self.gate_temperature) != 2 or not all(t > 0 and math.isfinite(t) for t in self.gate_temperature):
+            raise ConfigError(f"{prefix}.gate_temperature: [start, end], two numbers > 0, got {self.gate_temperature}")
+
+    @property
+    def uses_variants(self) -> bool:
+        return self.sparsity_target is not None or self.union_weight > 0 or self.exclusive_weight > 0
 
 
 @dataclass
@@ -224,6 +249,9 @@ class TrainConfig:
                               "the modular loss uses a fixed scale (100 in the paper)")
         if self.loss.full_mask and self.objective != "smartclip":
             raise ConfigError("loss.full_mask: only meaningful with objective=smartclip")
+        if self.loss.uses_variants and (self.objective != "smartclip" or self.loss.full_mask):
+            raise ConfigError("loss.sparsity_target / union_weight / exclusive_weight: mask variants need "
+                              "objective=smartclip with a predicted mask (loss.full_mask=false)")
         self.model.validate()
         self.loss.validate()
         self.optim.validate()

@@ -146,12 +146,16 @@ def _resolve_scale(cfg: TrainConfig, model) -> tuple[TrainConfig, str]:
 def _check_eval_specs(cfg: TrainConfig):
     """Build every benchmark once, so a typo or missing data fails before training, not at step N."""
     try:
-        from smartclip.eval import get_benchmark
+        from smartclip.eval import expand_suites, get_benchmark
     except ImportError as e:
         raise ConfigError(f"eval.specs: periodic evaluation needs smartclip.eval ({e})") from e
     for spec in cfg.eval.specs:
         try:
-            get_benchmark(spec, root=cfg.eval.root)
+            members, absent = expand_suites([spec], root=cfg.eval.root)  # a suite (paper-zeroshot) by its members
+            if absent:
+                raise ValueError("no data for " + "; ".join(f"{k} ({v})" for k, v in absent.items()))
+            for member, _ in members:
+                get_benchmark(member, root=cfg.eval.root)
         except Exception as e:  # unknown name, missing folder, bad layout: all configuration errors here
             raise ConfigError(f"eval.specs: {spec!r}: {e}") from e
 
@@ -252,6 +256,8 @@ def _train(cfg: TrainConfig, world: WorldInfo, on_step) -> TrainResult:
         scheduler.load_state_dict(trainer["scheduler"])
         if scaler is not None and trainer.get("scaler"):
             scaler.load_state_dict(trainer["scaler"])
+        if trainer.get("loss"):  # the target-fraction variant's multiplier
+            loss_fn.load_state_dict(trainer["loss"])
         step, samples_seen = trainer["step"], trainer["samples_seen"]
         nonfinite_total, nonfinite_row = trainer["nonfinite_total"], trainer["nonfinite_in_row"]
         rank_state = ckpt.load_rank_state(resume_from, world.rank)
@@ -275,7 +281,7 @@ def _train(cfg: TrainConfig, world: WorldInfo, on_step) -> TrainResult:
                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "scaler": scaler.state_dict() if scaler is not None else {},
                          "nonfinite_total": nonfinite_total, "nonfinite_in_row": nonfinite_row,
-                         "config": config_to_dict(cfg)}
+                         "config": config_to_dict(cfg), "loss": loss_fn.state_dict()}
         rank_state = {"rng": ckpt.rng_state(), "data": data.state_dict()}
         extra = {"training": {"step": at_step, "objective": cfg.objective, "run_dir": str(run_dir),
                               "loss_scale": cfg.loss.scale, "loss_scale_source": scale_source}}
@@ -298,9 +304,15 @@ def _train(cfg: TrainConfig, world: WorldInfo, on_step) -> TrainResult:
                 tokens = batch["tokens"].to(device, non_blocking=True)
                 image_index = batch["image_index"].to(device, non_blocking=True)
                 optimizer.zero_grad(set_to_none=True)
+                if model.mask_gate == "hard_concrete":  # annealed gates (an opt-in variant)
+                    model.mask_temperature = _gate_temperature(cfg.loss.gate_temperature, step, total_steps)
                 out = step_fn(images, tokens, image_index)
+                if model.mask_gate == "hard_concrete":
+                    out.terms["gate_temperature"] = model.mask_temperature
                 if out.finite:
                     nonfinite_row = 0
+                    if hasattr(loss_fn, "dual_step"):  # the target-fraction variant's multiplier
+                        loss_fn.dual_step(out.terms["sparsity"])
                     if cfg.optim.grad_clip is not None:
                         if scaler is not None:
                             scaler.unscale_(optimizer)
@@ -375,6 +387,12 @@ def _train(cfg: TrainConfig, world: WorldInfo, on_step) -> TrainResult:
             log.info("matplotlib is not installed; no plots")
     return TrainResult(run_dir=run_dir, checkpoint=last_ckpt, steps=step, metrics=last_metrics, eval=last_eval,
                        nonfinite_skipped=nonfinite_total, data_stats=data_stats)
+
+
+def _gate_temperature(schedule, step: int, total_steps: int) -> float:
+    """Geometric interpolation from ``schedule[0]`` at the first step to ``schedule[1]`` at the last."""
+    start, end = schedule
+    return float(start * (end / start) ** (step / max(1, total_steps - 1)))
 
 
 def _describe_scale(cfg: TrainConfig, source: str) -> str:

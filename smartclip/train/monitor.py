@@ -1,14 +1,17 @@
-"""What a run reports: progress bar, ``metrics.jsonl``, TensorBoard and plots of the curves.
+"""What a run reports: progress, ``metrics.jsonl``, TensorBoard and plots of the curves.
 
-Only the main process writes. Every line of ``metrics.jsonl`` is one JSON object with a
-``kind``: ``train`` (per logged step), ``eval`` (periodic evaluation) or ``event``
-(start, resume, skipped non-finite step, stop).
+Progress is a bar on a terminal; written to a file or a pipe (a cluster log, ``> log``) it
+is a plain log line every tenth of the run or minute instead, not a carriage-return
+update per step. Only the main process writes. Every line of ``metrics.jsonl`` is one JSON
+object with a ``kind``: ``train`` (per logged step), ``eval`` (periodic evaluation) or
+``event`` (start, resume, skipped non-finite step, stop).
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -38,25 +41,35 @@ def read_metrics(path, kind: Optional[str] = None) -> List[dict]:
 
 
 class RunMonitor:
-    """Progress bar + metrics file + TensorBoard for the main process; no-ops elsewhere.
+    """Progress + metrics file + TensorBoard for the main process; no-ops elsewhere.
 
     ``start_step`` > 0 (a resumed run) drops records after it from ``metrics.jsonl``: they
-    came from steps that are being redone.
+    came from steps that are being redone. ``progress``: a bar when stderr is a terminal,
+    otherwise a log line each ``line_fraction`` of the run and at least every
+    ``line_seconds`` (and at the last step).
     """
 
     def __init__(self, run_dir: Path, *, total_steps: int, start_step: int = 0, enabled: bool = True,
-                 progress: bool = True, tensorboard: bool = True):
+                 progress: bool = True, tensorboard: bool = True, line_fraction: float = 0.1,
+                 line_seconds: float = 60.0):
         self.enabled, self.total_steps = enabled, total_steps
         self.path = Path(run_dir) / "metrics.jsonl"
         self.bar = self.writer = None
         self._file = None
+        self.lines = False  # progress as log lines (not a terminal)
+        self._line_every = max(1, math.ceil(total_steps * line_fraction))
+        self._line_seconds = line_seconds
+        self._start_time = self._last_line = time.monotonic()
+        self._start_step = self._previous_step = start_step
         if not enabled:
             return
         self._truncate_after(start_step)
         self._file = open(self.path, "a", buffering=1)
-        if progress:
+        if progress and _is_terminal(sys.stderr):
             from tqdm.auto import tqdm
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+        else:
+            self.lines = progress
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -85,10 +98,26 @@ class RunMonitor:
             for k, v in values.items():
                 if isinstance(v, (int, float)) and math.isfinite(v):
                     self.writer.add_scalar(f"train/{k}", v, step)
+        shown = {short: f"{values[k]:.4g}" for k, short in _BAR_FIELDS if k in values}
         if self.bar is not None:
-            shown = {short: f"{values[k]:.4g}" for k, short in _BAR_FIELDS if k in values}
             self.bar.set_postfix(shown, refresh=False)
             self.bar.update(advance)
+        elif self.lines:
+            self._progress_line(step, shown)
+
+    def _progress_line(self, step: int, shown: Dict[str, str]):
+        now = time.monotonic()
+        crossed = step // self._line_every > self._previous_step // self._line_every  # passed a tenth of the run
+        self._previous_step = step
+        if not (crossed or step >= self.total_steps or now - self._last_line >= self._line_seconds):
+            return
+        self._last_line = now
+        elapsed = now - self._start_time
+        done = step - self._start_step
+        left = elapsed / done * (self.total_steps - step) if done > 0 else float("nan")
+        fields = " ".join(f"{k}={v}" for k, v in shown.items())
+        log.info("step %d/%d (%d%%) %s; %s elapsed, %s left", step, self.total_steps,
+                 100 * step // max(1, self.total_steps), fields, _clock(elapsed), _clock(left))
 
     def advance(self, n: int = 1):
         if self.bar is not None:
@@ -107,7 +136,7 @@ class RunMonitor:
         summary = ", ".join(f"{spec}: " + " ".join(f"{k}={v:.4g}" for k, v in vals.items()
                                                   if isinstance(v, (int, float)))
                             for spec, vals in metrics.items())
-        self.message(f"step {step} eval: {summary}")
+        self.message(f"step {step} eval (percent): {summary}")  # every metric smartclip.eval reports is a percentage
 
     def event(self, step: int, name: str, **details):
         if not self.enabled:
@@ -115,11 +144,14 @@ class RunMonitor:
         self.write({"kind": "event", "step": step, "event": name, **details})
 
     def message(self, text: str):
+        """One line for the user: above the bar on a terminal, else a log record (not both:
+        the CLI's log handler writes to the same terminal)."""
         if not self.enabled:
             return
         if self.bar is not None:
             self.bar.write(text)
-        log.info(text)
+        else:
+            log.info(text)
 
     def close(self):
         if self.bar is not None:
@@ -128,6 +160,20 @@ class RunMonitor:
             self.writer.close()
         if self._file is not None:
             self._file.close()
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
+
+
+def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
 
 
 def plot_metrics(run_dir) -> List[Path]:

@@ -32,7 +32,9 @@ def build_loss(objective: str, loss_cfg) -> nn.Module:
     from smartclip.loss import ClipContrastiveLoss, ModularContrastiveLoss
     if objective == "smartclip":
         return ModularContrastiveLoss(align_weight=loss_cfg.align_weight, sparsity_weight=loss_cfg.sparsity_weight,
-                                      scale=loss_cfg.scale, local_loss=loss_cfg.local_loss)
+                                      scale=loss_cfg.scale, local_loss=loss_cfg.local_loss,
+                                      sparsity_target=loss_cfg.sparsity_target, dual_lr=loss_cfg.dual_lr,
+                                      union_weight=loss_cfg.union_weight, exclusive_weight=loss_cfg.exclusive_weight)
     if objective == "clip":
         return ClipContrastiveLoss(scale=loss_cfg.scale, local_loss=loss_cfg.local_loss)
     raise ValueError(f"objective must be 'smartclip' or 'clip', got {objective!r}")
@@ -68,13 +70,19 @@ class ContrastiveStep:
         self.learned_scale = objective == "clip" and getattr(loss_fn, "scale", 0) is None
         # the mask network runs only when the modular loss uses its output
         self.predict_mask = objective == "smartclip" and not full_mask
+        # per-caption terms on sentence masks (an opt-in variant), computed per forward pass
+        self.sentences = self.predict_mask and getattr(loss_fn, "uses_sentences", False)
 
     # --------------------------------------------------------------------- helpers
-    def _forward(self, module, images, tokens):
+    def _forward(self, module, images, tokens, with_sentences=False):
         with self.autocast():
-            return module(images, tokens, with_mask=self.predict_mask)
+            return module(images, tokens, with_mask=self.predict_mask, with_sentences=with_sentences)
 
-    def _loss(self, image_features, text_features, mask, logit_scale, image_index):
+    def _structure(self, out, num_captions):
+        return self.loss_fn.structure_terms(out["mask_probs"], out["sentence_probs"], out["sentence_owner"],
+                                            num_captions)
+
+    def _loss(self, image_features, text_features, mask, logit_scale, image_index, mask_l0=None):
         if self.objective == "smartclip" and mask is None:
             mask = torch.ones_like(text_features, dtype=torch.float32)
         groups = None
@@ -83,7 +91,7 @@ class ContrastiveStep:
             # Ids must be global across processes: offset by this rank's image rows.
             groups = image_index + world_info().rank * image_features.shape[0]
         return self.loss_fn(image_features=image_features[image_index], text_features=text_features,
-                            mask=mask, logit_scale=logit_scale, groups=groups)
+                            mask=mask, logit_scale=logit_scale, groups=groups, mask_l0=mask_l0)
 
     def _scaled(self, loss):
         return self.scaler.scale(loss) if self.scaler is not None else loss
@@ -135,9 +143,13 @@ class ContrastiveStep:
         return self._cached(images, tokens, image_index)
 
     def _whole(self, images, tokens, image_index) -> StepOutput:
-        out = self._forward(self.forward_module, images, tokens)
+        out = self._forward(self.forward_module, images, tokens, with_sentences=self.sentences)
         terms = self._loss(out["image_features"], out["text_features"], out.get("mask"),
-                           out["logit_scale"], image_index)
+                           out["logit_scale"], image_index, out.get("mask_l0"))
+        if self.sentences:
+            structure = self._structure(out, tokens.shape[0])
+            terms.update(union=structure["union"], exclusive=structure["exclusive"],
+                         loss=terms["loss"] + structure["structure"])
         summary = self._summary(terms, out.get("mask_probs"), out["text_features"].shape[-1], out["logit_scale"])
         if not self._all_finite(terms["loss"]):
             return StepOutput(summary, False)
@@ -149,47 +161,67 @@ class ContrastiveStep:
         chunks = [(s, s + mb) for s in range(0, batch, mb)]
         rows = [((image_index >= s) & (image_index < e)).nonzero().squeeze(1) for s, e in chunks]
 
-        # 1. features of the whole local batch, no graph
+        # 1. features of the whole local batch, no graph; each chunk's random state is kept so the
+        #    recomputation in 3 draws the same noise (hard-concrete gates, dropout)
+        rng = []
         with torch.no_grad():
-            outs = [self._forward(self.model, images[s:e], tokens[r]) for (s, e), r in zip(chunks, rows)]
+            outs = []
+            for (s, e), r in zip(chunks, rows):
+                rng.append(_rng_state(images.device))
+                outs.append(self._forward(self.model, images[s:e], tokens[r]))
+        after_forward = _rng_state(images.device)
         image_feats = torch.cat([o["image_features"] for o in outs])
         text_feats = self._scatter_rows([o["text_features"] for o in outs], rows, tokens.shape[0])
-        mask = mask_probs = None
-        if self.predict_mask:
-            mask = self._scatter_rows([o["mask"] for o in outs], rows, tokens.shape[0])
-            mask_probs = self._scatter_rows([o["mask_probs"] for o in outs], rows, tokens.shape[0])
         leaves = {"image": image_feats.requires_grad_(), "text": text_feats.requires_grad_()}
-        if mask is not None:
-            leaves["mask"] = mask.requires_grad_()
+        mask_probs = None
+        if self.predict_mask:
+            mask_probs = self._scatter_rows([o["mask_probs"] for o in outs], rows, tokens.shape[0])
+            for name, key in (("mask", "mask"), ("l0", "mask_l0")):
+                if key in outs[0]:
+                    leaves[name] = self._scatter_rows([o[key] for o in outs], rows, tokens.shape[0]).requires_grad_()
         scale = outs[0]["logit_scale"].detach()
         if self.learned_scale:
             leaves["scale"] = scale.requires_grad_()
 
         # 2. loss and its gradient with respect to the cached features
-        terms = self._loss(leaves["image"], leaves["text"], leaves.get("mask"), scale, image_index)
-        summary = self._summary(terms, mask_probs, text_feats.shape[-1], scale)
+        terms = self._loss(leaves["image"], leaves["text"], leaves.get("mask"), scale, image_index, leaves.get("l0"))
         if not self._all_finite(terms["loss"]):
-            return StepOutput(summary, False)
+            return StepOutput(self._summary(terms, mask_probs, text_feats.shape[-1], scale), False)
         self._scaled(terms["loss"]).backward()
         grads = {k: v.grad for k, v in leaves.items()}
 
-        # 3. recompute each micro-batch with a graph and push the cached gradients through it
+        # 3. recompute each micro-batch with a graph and push the cached gradients through it; the
+        #    per-caption sentence terms add up over micro-batches, so each adds its own gradient
+        structure_sums: Dict[str, float] = {}
         ddp = self.forward_module is not self.model and hasattr(self.forward_module, "no_sync")
         for k, ((s, e), r) in enumerate(zip(chunks, rows)):
             last = k == len(chunks) - 1
             sync = contextlib.nullcontext() if (last or not ddp) else self.forward_module.no_sync()
+            _set_rng_state(rng[k], images.device)
             with sync:
-                out = self._forward(self.forward_module, images[s:e], tokens[r])
+                out = self._forward(self.forward_module, images[s:e], tokens[r], with_sentences=self.sentences)
                 outputs = [out["image_features"], out["text_features"]]
                 grad_list = [grads["image"][s:e], grads["text"][r]]
-                if "mask" in grads:
-                    outputs.append(out["mask"])
-                    grad_list.append(grads["mask"][r])
+                for name, key in (("mask", "mask"), ("l0", "mask_l0")):
+                    if name in grads:
+                        outputs.append(out[key])
+                        grad_list.append(grads[name][r])
                 if "scale" in grads and last:
                     outputs.append(out["logit_scale"])
                     grad_list.append(grads["scale"])
+                if self.sentences:
+                    structure = self._structure(out, tokens.shape[0])
+                    for name in ("union", "exclusive"):
+                        structure_sums[name] = structure_sums.get(name, 0.0) + structure[name].detach()
+                    outputs.append(self._scaled(structure["structure"]))
+                    grad_list.append(torch.ones_like(structure["structure"]))
                 torch.autograd.backward(outputs, [g.to(o.dtype) for o, g in zip(outputs, grad_list)])
-        return StepOutput(summary, True)
+        _set_rng_state(after_forward, images.device)
+        if self.sentences:
+            terms.update(structure_sums)
+            terms["loss"] = terms["loss"].detach() + self.loss_fn.union_weight * structure_sums["union"] \
+                + self.loss_fn.exclusive_weight * structure_sums["exclusive"]
+        return StepOutput(self._summary(terms, mask_probs, text_feats.shape[-1], scale), True)
 
     @staticmethod
     def _scatter_rows(parts: List[torch.Tensor], rows: List[torch.Tensor], n: int) -> torch.Tensor:
@@ -199,3 +231,16 @@ class ContrastiveStep:
         for part, r in zip(parts, rows):
             out[r] = part
         return out
+
+
+def _rng_state(device: torch.device):
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state, device: torch.device):
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
