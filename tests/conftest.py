@@ -1,4 +1,10 @@
-"""Shared test set-up: offline hubs, few threads, real images that ship inside wheels."""
+"""Shared test set-up: offline hubs, few threads, real images that ship inside wheels, and the
+``--device`` option.
+
+``pytest --device cuda`` runs the tests that take the ``device`` fixture on a GPU (they are
+marked ``device`` automatically, so ``-m device`` selects them); the default is ``cpu``. Tests
+marked ``cuda`` always run on a GPU and are skipped where there is none.
+"""
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -10,6 +16,44 @@ import torch
 from PIL import Image
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu",
+                     help="torch device for the tests that take the `device` fixture: cpu (default), cuda or cuda:N")
+
+
+def pytest_configure(config):
+    name = config.getoption("--device")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise pytest.UsageError(f"--device {name}: not a torch device ({e})") from None
+    if device.type not in ("cpu", "cuda"):
+        raise pytest.UsageError(f"--device {name}: the tests run on cpu or cuda[:N]")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError(f"--device {name}: no CUDA device here (torch.cuda.is_available() is False)")
+    if torch.cuda.is_available():
+        # tests compare fp32 results at ~1e-5; cuDNN's default TF32 convolutions keep 10 mantissa bits
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects, so `-m device` sees the added marker
+def pytest_collection_modifyitems(config, items):
+    no_cuda = None if torch.cuda.is_available() else pytest.mark.skip(
+        reason="no CUDA device (torch.cuda.is_available() is False)")
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker("device")
+        if no_cuda is not None and item.get_closest_marker("cuda") is not None:
+            item.add_marker(no_cuda)
+
+
+@pytest.fixture(scope="session")
+def device(request) -> torch.device:
+    """The ``--device`` of this run (``cpu`` unless asked otherwise)."""
+    return torch.device(request.config.getoption("--device"))
 
 
 def real_images(n: int = 6, size: int = 96):

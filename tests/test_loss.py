@@ -17,15 +17,15 @@ def reference_modular_loss(z, t, m, scale=100.0, eps=1e-6, groups=None):
     """SPEC 3 written literally, with the [N, N, d] tensor the released code builds, and its
     sparsity term ``torch.mean(torch.abs(use_mask))``.
     ``groups``: pairs of the same image are not each other's negatives."""
-    n = z.shape[0]
+    n, dev = z.shape[0], z.device
     tn = t / t.norm(dim=-1, keepdim=True)
     zm = z[:, None, :] * m[None, :, :]                     # [image i, caption j, d]
     u = zm / zm.norm(dim=-1, keepdim=True).clamp_min(eps)  # u(i, j)
-    labels = torch.arange(n)
+    labels = torch.arange(n, device=dev)
     sidm_logits = scale * (u * tn[None, :, :]).sum(-1)          # image i vs caption j (mask j)
     dism_logits = scale * (u.transpose(0, 1) * tn[:, None, :]).sum(-1)  # caption i vs image j (mask i)
     if groups is not None:
-        other = (groups[:, None] == groups[None, :]) & ~torch.eye(n, dtype=torch.bool)
+        other = (groups[:, None] == groups[None, :]) & ~torch.eye(n, dtype=torch.bool, device=dev)
         sidm_logits = sidm_logits.masked_fill(other, float("-inf"))
         dism_logits = dism_logits.masked_fill(other, float("-inf"))
     return {
@@ -35,19 +35,16 @@ def reference_modular_loss(z, t, m, scale=100.0, eps=1e-6, groups=None):
     }
 
 
-def _inputs(n=12, d=16, seed=0, dtype=torch.float32):
+def _inputs(n=12, d=16, seed=0, dtype=torch.float32, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, d, generator=g, dtype=dtype)
-    t = torch.randn(n, d, generator=g, dtype=dtype)
-    logits = torch.randn(n, d, generator=g, dtype=dtype)
-    return z, t, logits
+    return tuple(torch.randn(n, d, generator=g, dtype=dtype).to(device) for _ in range(3))  # z, t, mask logits
 
 
 @pytest.mark.parametrize("soft", [False, True])
-def test_values_and_gradients_match_direct_formula(soft):
+def test_values_and_gradients_match_direct_formula(soft, device):
     results = []
     for fn in (modular_contrastive_loss, reference_modular_loss):
-        z, t, logits = (x.clone().requires_grad_(True) for x in _inputs())
+        z, t, logits = (x.clone().requires_grad_(True) for x in _inputs(device=device))
         probs = torch.sigmoid(logits)
         m = probs if soft else straight_through_mask(probs)
         out = fn(z, t, m)
@@ -89,10 +86,10 @@ def test_sparsity_is_the_released_term_in_value_and_gradient():
     assert (g_linear[inactive] > 0).all()  # what the earlier mean(m) did differently
 
 
-def test_several_captions_per_image_are_not_negatives():
-    z, t, logits = _inputs(n=8, d=16)
+def test_several_captions_per_image_are_not_negatives(device):
+    z, t, logits = _inputs(n=8, d=16, device=device)
     z = z[[0, 0, 1, 1, 2, 2, 3, 3]]  # two captions for each of four images
-    groups = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    groups = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3], device=device)
     m = straight_through_mask(torch.sigmoid(logits))
     ours = modular_contrastive_loss(z, t, m, groups=groups)
     ref = reference_modular_loss(z, t, m, groups=groups)
@@ -101,25 +98,25 @@ def test_several_captions_per_image_are_not_negatives():
     assert not torch.allclose(ours["sidm"], modular_contrastive_loss(z, t, m)["sidm"])
 
 
-def test_all_ones_mask_is_twice_clip_loss():
-    z, t, _ = _inputs(n=10, d=8)
+def test_all_ones_mask_is_twice_clip_loss(device):
+    z, t, _ = _inputs(n=10, d=8, device=device)
     ours = modular_contrastive_loss(z, t, torch.ones_like(z))
     theirs = ClipLoss()(torch.nn.functional.normalize(z, dim=-1), torch.nn.functional.normalize(t, dim=-1),
-                        logit_scale=torch.tensor(100.0))
+                        logit_scale=torch.tensor(100.0, device=device))
     torch.testing.assert_close(ours["sidm"] + ours["dism"], 2 * theirs, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(clip_contrastive_loss(z, t)["contrastive"], theirs, rtol=1e-5, atol=1e-6)
 
 
-def test_zero_mask_row_is_finite():
-    z, t, _ = _inputs(n=4, d=8)
+def test_zero_mask_row_is_finite(device):
+    z, t, _ = _inputs(n=4, d=8, device=device)
     m = torch.ones_like(z)
     m[1] = 0  # a caption that selects nothing: the released code gives NaN here
     out = modular_contrastive_loss(z, t, m)
     assert all(torch.isfinite(v) for v in out.values())
 
 
-def test_weights_of_module():
-    z, t, logits = _inputs()
+def test_weights_of_module(device):
+    z, t, logits = _inputs(device=device)
     m = straight_through_mask(torch.sigmoid(logits))
     terms = ModularContrastiveLoss(align_weight=3.0, sparsity_weight=0.5)(z, t, m)
     torch.testing.assert_close(terms["loss"], 3.0 * (terms["sidm"] + terms["dism"]) + 0.5 * terms["sparsity"])

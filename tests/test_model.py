@@ -29,9 +29,10 @@ def test_stretch_generalises_and_rejects_bad_arguments():
         stretch_positional_embedding(P, ratio=0)
 
 
-def test_positions_below_keep_get_no_gradient(micro_model):
+def test_positions_below_keep_get_no_gradient(micro_model, device):
+    micro_model.to(device)
     tok = smartclip.get_tokenizer(micro_model)
-    tokens = tok(["word " * 60, "a short caption"])  # reaches past position 20
+    tokens = tok(["word " * 60, "a short caption"]).to(device)  # reaches past position 20
     micro_model.encode_text(tokens).sum().backward()
     grad = micro_model.positional_embedding_res.grad
     assert torch.all(grad[:20] == 0)
@@ -49,21 +50,23 @@ def test_both_positional_copies_start_equal_to_the_stretch():
     torch.testing.assert_close(model.positional_embedding_res.detach(), expected)
 
 
-def test_trimmed_text_encoding_equals_full_length(micro_model):
+def test_trimmed_text_encoding_equals_full_length(micro_model, device):
+    micro_model.to(device)
     tok = smartclip.get_tokenizer(micro_model)
     texts = ["a cat", "a photo of a dog on a sofa next to a red ball", "x " * 120]
-    tokens = tok(texts)
+    tokens = tok(texts).to(device)
     full = micro_model.encode_text(tokens, trim=False)
     trimmed = micro_model.encode_text(tokens, trim=True)
     torch.testing.assert_close(trimmed, full, rtol=1e-5, atol=1e-5)
-    short = tok(["a cat", "a dog"])
+    short = tok(["a cat", "a dog"]).to(device)
     torch.testing.assert_close(micro_model.encode_text(short), micro_model.encode_text(short, trim=False),
                                rtol=1e-5, atol=1e-5)
 
 
-def test_mask_is_hard_with_straight_through_gradient(micro_model):
+def test_mask_is_hard_with_straight_through_gradient(micro_model, device):
+    micro_model.to(device)
     tok = smartclip.get_tokenizer(micro_model)
-    tokens = tok(["a red square", "a blue circle at the top"])
+    tokens = tok(["a red square", "a blue circle at the top"]).to(device)
     mask = micro_model.text_mask(tokens)
     assert mask.shape == (2, micro_model.embed_dim)
     assert set(mask.detach().unique().tolist()) <= {0.0, 1.0}
@@ -74,17 +77,19 @@ def test_mask_is_hard_with_straight_through_gradient(micro_model):
     assert micro_model.mask_net.attn_pool.attention.weight.grad.abs().sum() > 0
 
 
-def test_mask_input_is_detached_from_text_encoder(micro_model):
-    tokens = smartclip.get_tokenizer(micro_model)(["a dog", "two cats"])
+def test_mask_input_is_detached_from_text_encoder(micro_model, device):
+    micro_model.to(device)
+    tokens = smartclip.get_tokenizer(micro_model)(["a dog", "two cats"]).to(device)
     out = micro_model(None, tokens)
     out["mask"].sum().backward()
     assert all(p.grad is None for p in micro_model.transformer.parameters())
     assert micro_model.token_embedding.weight.grad is None
 
 
-def test_mask_network_attends_to_padding_unless_asked(micro_model):
+def test_mask_network_attends_to_padding_unless_asked(micro_model, device):
     """Released behaviour: padding positions feed the mask; ``mask_padding`` ignores them."""
-    tokens = smartclip.get_tokenizer(micro_model)(["a dog"])
+    micro_model.to(device)
+    tokens = smartclip.get_tokenizer(micro_model)(["a dog"]).to(device)
     seq = micro_model._text_tower(tokens, trim=False)[1]
     pad = micro_model._padding(tokens)
     net = micro_model.mask_net
@@ -94,8 +99,8 @@ def test_mask_network_attends_to_padding_unless_asked(micro_model):
     torch.testing.assert_close(net(seq, pad), net(changed, pad))
     # with mask_padding the trimmed path is exact
     torch.manual_seed(0)
-    m = smartclip.create_model("smartclip-micro", mask_padding=True)
-    toks = smartclip.get_tokenizer(m)(["a dog", "a much longer caption about a dog and a cat"])
+    m = smartclip.create_model("smartclip-micro", mask_padding=True, device=device)
+    toks = smartclip.get_tokenizer(m)(["a dog", "a much longer caption about a dog and a cat"]).to(device)
     _, full_seq = m._text_tower(toks, trim=False)
     full_mask = torch.sigmoid(m.mask_net(full_seq, m._padding(toks)))
     torch.testing.assert_close(m.text_mask(toks, soft=True), full_mask, rtol=1e-5, atol=1e-6)
@@ -117,10 +122,11 @@ def test_mask_network_initialisation_and_projection():
     assert smartclip.create_model("smartclip-tiny").mask_net.proj is None
 
 
-def test_forward_returns_what_the_losses_need(micro_model, images):
+def test_forward_returns_what_the_losses_need(micro_model, images, device):
+    micro_model.to(device)
     preprocess = smartclip.image_transform(micro_model)
-    batch = torch.stack([preprocess(im) for im in images[:3]])
-    tokens = smartclip.get_tokenizer(micro_model)(["a", "b c", "d e f"])
+    batch = torch.stack([preprocess(im) for im in images[:3]]).to(device)
+    tokens = smartclip.get_tokenizer(micro_model)(["a", "b c", "d e f"]).to(device)
     out = micro_model(batch, tokens)
     assert out["image_features"].shape == out["text_features"].shape == out["mask"].shape == (3, 32)
     loss = smartclip.loss.ModularContrastiveLoss()(**out)
