@@ -124,8 +124,8 @@ class DemoConfig:
     def quick(cls, **changes) -> "DemoConfig":
         """A few steps on a few images: checks the pipeline end to end (tests), measures nothing."""
         base = dict(num_train=64, num_test=24, num_single=16, num_val=24, num_val_single=16, finetune_steps=2,
-                    finetune_warmup=1, scratch_steps=3, scratch_warmup=1, batch_size=16, probe_train_images=64, eval_batch_size=64,
-                    curve_every=1)
+                    finetune_warmup=1, scratch_steps=3, scratch_warmup=1, batch_size=16, probe_train_images=64,
+                    eval_batch_size=64, curve_every=1)
         base.update(changes)
         return cls(**base)
 
@@ -284,8 +284,7 @@ def pretraining_captions(data_dir: Path) -> Path:
 
 
 def build_base(out_dir, recipe: Optional[BaseRecipe] = None, *, model: Optional[Dict] = None, image_size: int = 64,
-               data_dir=None, progress: bool = True, log: Callable[[str], None] = print,
-               command: Optional[str] = None) -> dict:
+               progress: bool = True, log: Callable[[str], None] = print, command: Optional[str] = None) -> dict:
     """Pretrain the demo's base model as ``recipe`` says and write it to ``out_dir`` in fp16
     (``smartclip_config.json``, ``model.safetensors``) with ``base.json`` (recipe, SHA-256,
     ``command`` that rebuilds it, and its scene-benchmark scores on the validation split);
@@ -309,7 +308,7 @@ def build_base(out_dir, recipe: Optional[BaseRecipe] = None, *, model: Optional[
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        data = Path(data_dir) if data_dir is not None else work / "data"
+        data = work / "data"
         log(f"[base] writing {recipe.num_pretrain} + {recipe.num_pretrain_single} pretraining scenes to {data}")
         # the fine-tuning scenes' generator and seed: its pretraining streams, plus the validation
         # split the base is scored on and training scenes for that score's linear probe
@@ -337,9 +336,9 @@ def build_base(out_dir, recipe: Optional[BaseRecipe] = None, *, model: Optional[
         result = train(tcfg)
         trained = smartclip.load_checkpoint(result.checkpoint).eval()  # eval: the ResNet's batch norm
         trained.mask_trained = False  # the CLIP objective never trains the mask network
-        scores = SceneBenchmark(data, split="val", probe_train_images=recipe.probe_images).run(trained, tokenizer=smartclip.get_tokenizer(trained),
-                                                       preprocess=smartclip.image_transform(trained),
-                                                       batch_size=128, progress=False)
+        bench = SceneBenchmark(data, split="val", probe_train_images=recipe.probe_images)
+        scores = bench.run(trained, tokenizer=smartclip.get_tokenizer(trained), batch_size=128, progress=False,
+                           preprocess=smartclip.image_transform(trained))
         trained.model_name = "demo-base"
         smartclip.save_checkpoint(trained.half(), out)
     finally:
@@ -536,7 +535,6 @@ def run_demo(out_dir: str, seeds: int = 3, *, config: Optional[DemoConfig] = Non
     import torch
     from tqdm.auto import tqdm
     from smartclip.checkpoint import WEIGHTS_NAME
-    from .generator import write_dataset
     cfg = (config or DemoConfig()).validate()
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
@@ -544,15 +542,8 @@ def run_demo(out_dir: str, seeds: int = 3, *, config: Optional[DemoConfig] = Non
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
-    base = shipped_base() if cfg.base is None else Path(cfg.base)
-    base_sha = file_sha256(base / WEIGHTS_NAME)
-    base_scale = _logit_scale(base)
-    log(f"[demo] base model {base} (SHA-256 {base_sha[:16]}..., logit scale {base_scale:.2f})")
-    log(f"[demo] writing the scene dataset to {out / 'data'}")
-    data_dir = write_dataset(out / "data", seed=cfg.data_seed, num_train=cfg.num_train, num_test=cfg.num_test,
-                             num_single=cfg.num_single, num_val=cfg.num_val, num_val_single=cfg.num_val_single,
-                             image_size=cfg.image_size)
-    init = _random_init(cfg, out / "init")
+    base, data_dir, init = _prepare(cfg, out, log)
+    base_sha, base_scale = file_sha256(base / WEIGHTS_NAME), _logit_scale(base)
     runs = plan_runs(cfg, seeds)
     common = {"cfg": cfg, "out": str(out), "data_dir": str(data_dir), "base": str(base), "init": str(init),
               "threads": cfg.threads}
@@ -609,6 +600,17 @@ def run_demo(out_dir: str, seeds: int = 3, *, config: Optional[DemoConfig] = Non
     return record
 
 
+def _prepare(cfg: DemoConfig, out: Path, log) -> Tuple[Path, Path, Path]:
+    """The base (checked), the scene dataset and the random-init checkpoint under ``out``."""
+    from .generator import write_dataset
+    base = shipped_base() if cfg.base is None else Path(cfg.base)
+    log(f"[demo] base model {base} (logit scale {_logit_scale(base):.2f}); scene dataset in {out / 'data'}")
+    data_dir = write_dataset(out / "data", seed=cfg.data_seed, num_train=cfg.num_train, num_test=cfg.num_test,
+                             num_single=cfg.num_single, num_val=cfg.num_val, num_val_single=cfg.num_val_single,
+                             image_size=cfg.image_size)
+    return base, data_dir, _random_init(cfg, out / "init")
+
+
 def _logit_scale(checkpoint: Path) -> float:
     from smartclip.checkpoint import read_weights
     state, _ = read_weights(checkpoint)
@@ -654,7 +656,7 @@ def _combinations(grid: Dict[str, List[str]]) -> List[Tuple[str, ...]]:
 
 
 def grid_label(overrides: Sequence[str]) -> str:
-    return " ".join(overrides) if overrides else "released recipe"
+    return " ".join(overrides)
 
 
 def plan_grid(cfg: DemoConfig, grid: Dict[str, List[str]], seeds: int, regime: str = "long",
@@ -681,7 +683,6 @@ def run_grid(out_dir: str, grid: Dict[str, List[str]], seeds: int = 3, *, config
     from tqdm.auto import tqdm
     from smartclip.checkpoint import WEIGHTS_NAME
     from .evaluate import EVAL_SPLITS
-    from .generator import write_dataset
     cfg = (config or DemoConfig()).validate()
     if regime not in REGIME_DATA:
         raise ValueError(f"grid regime must be one of {list(REGIME_DATA)}, got {regime!r}")
@@ -694,11 +695,7 @@ def run_grid(out_dir: str, grid: Dict[str, List[str]], seeds: int = 3, *, config
     # every combination is checked before any work: a typo in a key fails now, naming it
     for run in runs:
         _train_config(cfg, run, out, out / "data", out / "base", out / "init")
-    base = shipped_base() if cfg.base is None else Path(cfg.base)
-    data_dir = write_dataset(out / "data", seed=cfg.data_seed, num_train=cfg.num_train, num_test=cfg.num_test,
-                             num_single=cfg.num_single, num_val=cfg.num_val, num_val_single=cfg.num_val_single,
-                             image_size=cfg.image_size)
-    init = _random_init(cfg, out / "init")
+    base, data_dir, init = _prepare(cfg, out, log)
     tasks = [{"cfg": cfg, "out": str(out), "data_dir": str(data_dir), "base": str(base), "init": str(init),
               "threads": cfg.threads, "split": split, "run": run} for run in runs]
     log(f"[grid] {len(runs)} runs ({len(_combinations(grid))} combinations x {seeds} seeds + CLIP and SmartCLIP as "
