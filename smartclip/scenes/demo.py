@@ -533,7 +533,6 @@ def run_demo(out_dir: str, seeds: int = 3, *, config: Optional[DemoConfig] = Non
              log: Callable[[str], None] = print) -> dict:
     """Run the whole demo into ``out_dir`` and return the ``results.json`` content."""
     import torch
-    from tqdm.auto import tqdm
     from smartclip.checkpoint import WEIGHTS_NAME
     cfg = (config or DemoConfig()).validate()
     if seeds < 1:
@@ -553,12 +552,7 @@ def run_demo(out_dir: str, seeds: int = 3, *, config: Optional[DemoConfig] = Non
     workers = min(cfg.workers, len(run_tasks))
     log(f"[demo] {len(runs)} runs ({', '.join(cfg.regimes)} captions x {', '.join(cfg.methods)} x {seeds} "
         f"seed{'s' if seeds > 1 else ''}{' + from scratch' if cfg.scratch else ''}) in {workers} process(es)")
-    bar = tqdm(total=len(run_tasks) + len(start_tasks), desc="demo", unit="run", disable=not progress,
-               dynamic_ncols=True)
-
-    def done(result):
-        bar.set_postfix_str(f"done {result['name']}")
-        bar.update(1)
+    done, bar = _progress("demo", len(run_tasks) + len(start_tasks), progress, log)
 
     torch_threads = torch.get_num_threads()
     try:
@@ -598,6 +592,25 @@ def run_demo(out_dir: str, seeds: int = 3, *, config: Optional[DemoConfig] = Non
         log(line)
     log(f"[demo] {out / 'report.md'} and {out / 'results.json'} written in {record['wall_time_s']:.0f} s")
     return record
+
+
+def _progress(name: str, total: int, progress: bool, log):
+    """``(on_done, bar)``: a bar on a terminal; elsewhere (a log file, CI) one line per finished run."""
+    import sys
+    from tqdm.auto import tqdm
+    on_terminal = progress and sys.stderr.isatty()
+    bar = tqdm(total=total, desc=name, unit="run", disable=not on_terminal, dynamic_ncols=True)
+    started, count = time.time(), [0]
+
+    def on_done(result):
+        count[0] += 1
+        if on_terminal:
+            bar.set_postfix_str(f"done {result['name']}")
+            bar.update(1)
+        elif progress:
+            log(f"[{name}] {count[0]}/{total} done: {result['name']} ({time.time() - started:.0f} s)")
+
+    return on_done, bar
 
 
 def _prepare(cfg: DemoConfig, out: Path, log) -> Tuple[Path, Path, Path]:
@@ -680,7 +693,6 @@ def run_grid(out_dir: str, grid: Dict[str, List[str]], seeds: int = 3, *, config
     base with the same seeds, evaluate on ``split`` (``val`` to choose settings, ``test`` for the
     final table), and write ``grid_<split>_<keys>.json`` / ``.md`` and plots against each key
     into ``out_dir``. Finished runs are reused (also the demo's own, in the same folder)."""
-    from tqdm.auto import tqdm
     from smartclip.checkpoint import WEIGHTS_NAME
     from .evaluate import EVAL_SPLITS
     cfg = (config or DemoConfig()).validate()
@@ -700,11 +712,7 @@ def run_grid(out_dir: str, grid: Dict[str, List[str]], seeds: int = 3, *, config
               "threads": cfg.threads, "split": split, "run": run} for run in runs]
     log(f"[grid] {len(runs)} runs ({len(_combinations(grid))} combinations x {seeds} seeds + CLIP and SmartCLIP as "
         f"released), {regime} captions, scored on the {split} split")
-    bar = tqdm(total=len(tasks), desc="grid", unit="run", disable=not progress, dynamic_ncols=True)
-
-    def done(result):
-        bar.set_postfix_str(f"done {result['name']}")
-        bar.update(1)
+    done, bar = _progress("grid", len(tasks), progress, log)
 
     try:
         finished = _map_tasks(_run_one, tasks, min(cfg.workers, len(tasks)), done)
