@@ -154,6 +154,9 @@ class LoopConfig:
     micro_batch: Optional[int] = None
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     grad_checkpointing: bool = False
+    # convolution weights and image batches in channels-last memory order: faster convolutions
+    # (ResNet image towers; a ViT's patch embedding), the same values up to float rounding
+    channels_last: bool = False
     augment: bool = False
     device: str = "auto"
     nonfinite_limit: int = 5

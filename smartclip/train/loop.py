@@ -126,6 +126,8 @@ def _build_model(cfg: TrainConfig, device: torch.device):
     model.logit_scale.requires_grad_(cfg.objective == "clip" and cfg.loss.scale is None)
     if cfg.train.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)  # 4-D (convolution) weights only
     return model.to(device).train()
 
 
@@ -296,11 +298,13 @@ def _train(cfg: TrainConfig, world: WorldInfo, on_step) -> TrainResult:
     last_ckpt: Optional[Path] = None
     epoch = data.state_dict()["epoch"]
     tick, tick_step = time.perf_counter(), step
+    image_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
     try:
         while step < total_steps:
             data.set_epoch(epoch)
             for batch in data:
-                images = batch["images"].to(device, non_blocking=True)
+                images = batch["images"].to(device, non_blocking=True,
+                                            memory_format=image_format)
                 tokens = batch["tokens"].to(device, non_blocking=True)
                 image_index = batch["image_index"].to(device, non_blocking=True)
                 optimizer.zero_grad(set_to_none=True)
