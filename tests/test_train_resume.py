@@ -16,7 +16,7 @@ from smartclip.checkpoint import read_weights
 from smartclip.cli import main as cli_main
 from smartclip.train import (ConfigError, TrainingStopped, dump_config, list_checkpoints, load_config, read_metrics,
                              train)
-from test_train_utils import tiny_config
+from test_train_utils import assert_same_weights, tiny_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -240,3 +240,22 @@ def test_scale_model_is_the_starting_checkpoints_own_temperature_through_train_a
     from smartclip.eval.runner import run_record
     model = smartclip.load_checkpoint(result.checkpoint)
     assert "fixed logit scale 13.06 (config)" in markdown_table(run_record(model, {}, "hash", "run"))
+
+
+def test_channels_last_run_matches_the_default_memory_order(tmp_path, dataset):
+    """``train.channels_last`` changes only the memory order of convolution weights and images:
+    a ResNet-tower run ends with the same weights as the default order (float rounding aside),
+    and its checkpoint loads back as an ordinary model."""
+    from smartclip.scenes.demo import DEMO_MODEL, demo_model_config
+    start = smartclip.build_model(demo_model_config(DEMO_MODEL, 64), {}, model_name="resnet-micro")
+    start_dir = smartclip.save_checkpoint(start, tmp_path / "start")
+    # AdamW divides each gradient by its own magnitude, so entries whose gradient is ~0 turn
+    # rounding noise into full-size steps; a larger eps keeps them ~0 and the rest comparable
+    common = [f"model.name={start_dir}", "eval.specs=[]", "train.steps=2", "optim.clip.eps=1e-3"]
+    default = train(tiny_config(tmp_path / "default", dataset, *common))
+    channels_last = train(tiny_config(tmp_path / "cl", dataset, *common, "train.channels_last=true"))
+    assert_same_weights(read_weights(channels_last.checkpoint)[0], read_weights(default.checkpoint)[0],
+                        atol=1e-5, moved_from=start.state_dict())
+    # the saved weights are ordinary contiguous tensors: a plain load gives an ordinary model
+    loaded = smartclip.load_checkpoint(channels_last.checkpoint)
+    assert loaded.visual.conv1.weight.is_contiguous()
