@@ -375,7 +375,8 @@ def _train_config(cfg: DemoConfig, run: RunSpec, out: Path, data_dir: Path, base
                            "warmup_steps": cfg.scratch_warmup if scratch else cfg.finetune_warmup,
                            "schedule": "cosine"},
                   "mask": {"lr": cfg.mask_lr, "weight_decay": 0.0, "warmup_steps": 0, "schedule": "cosine"}},
-        # channels-last: the ResNet tower's convolutions take 0.6x the time on a CPU
+        # channels-last order: no real CPU saving (benchmarks/bench_channels_last.py), but the
+        # published demo figures were made with it
         "train": {"steps": run.steps, "global_batch": cfg.batch_size, "device": cfg.device, "progress": False,
                   "tensorboard": False, "plots": False, "log_every": 1, "channels_last": True},
         # final checkpoint only: a run is short, and each save writes the optimizer state too

@@ -154,8 +154,8 @@ class LoopConfig:
     micro_batch: Optional[int] = None
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     grad_checkpointing: bool = False
-    # convolution weights and image batches in channels-last memory order: faster convolutions
-    # (ResNet image towers; a ViT's patch embedding), the same values up to float rounding
+    # convolution weights and image batches in channels-last memory order (ResNet image towers;
+    # a ViT's patch embedding): the same values up to float rounding, speed depends on the device
     channels_last: bool = False
     augment: bool = False
     device: str = "auto"
