@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
+
+from bench_train import caption_tokens, in_fresh_process, time_step
 
 
 def measure(objective: str, channels_last: bool, batch: int, steps: int, threads: int) -> dict:
@@ -24,7 +24,6 @@ def measure(objective: str, channels_last: bool, batch: int, steps: int, threads
     import torch
     import smartclip
     from smartclip.scenes.demo import BASE_DIR
-    from bench_train import caption_tokens, time_step
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -37,12 +36,6 @@ def measure(objective: str, channels_last: bool, batch: int, steps: int, threads
     r = time_step(model, objective, images, tokens, None, steps)
     return {"objective": objective, "channels_last": channels_last, "batch": batch,
             "s_per_step": min(r["times"]), "cpu_s_per_step": min(r["cpu_times"]), "threads": threads}
-
-
-def _child(args: dict) -> dict:
-    cmd = [sys.executable, __file__, "--child", json.dumps(args)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> int:
@@ -61,8 +54,8 @@ def main(argv=None) -> int:
     best: dict = {}
     for _ in range(args.rounds):  # interleaved, so a busy spell on a shared machine hits all alike
         for objective, cl in configs:
-            r = _child({"objective": objective, "channels_last": cl, "batch": args.batch, "steps": args.steps,
-                        "threads": args.threads})
+            r = in_fresh_process(__file__, {"objective": objective, "channels_last": cl, "batch": args.batch,
+                                            "steps": args.steps, "threads": args.threads})
             if (objective, cl) in best:
                 r.update({k: min(r[k], best[objective, cl][k]) for k in ("s_per_step", "cpu_s_per_step")})
             best[objective, cl] = r

@@ -137,8 +137,10 @@ def measure(model_name: str, batch: int, objective: str, micro_batch, steps: int
             "threads": torch.get_num_threads(), "device": device}
 
 
-def _child(args) -> dict:
-    cmd = [sys.executable, __file__, "--child", json.dumps(args)]
+def in_fresh_process(script: str, args: dict) -> dict:
+    """``python script --child ARGS`` (a benchmark measuring one configuration), its last output
+    line read as JSON: each configuration gets a process of its own, so its peak memory is its own."""
+    cmd = [sys.executable, script, "--child", json.dumps(args)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -177,7 +179,7 @@ def main(argv=None) -> int:
         best = {}
         for _ in range(args.rounds):  # interleaved, so a busy spell on a shared machine hits all alike
             for key, (captions, objective, micro) in configs.items():
-                r = _child({**common, "captions": captions, "objective": objective, "micro_batch": micro})
+                r = in_fresh_process(__file__, {**common, "captions": captions, "objective": objective, "micro_batch": micro})
                 if key in best:  # the least disturbed of all rounds, for each measure on its own
                     r.update({k: min(r[k], best[key][k]) for k in ("s_per_step", "cpu_s_per_step", "peak_mib")})
                     r["samples_per_s"] = batch / r["s_per_step"]

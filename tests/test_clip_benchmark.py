@@ -278,18 +278,21 @@ def _run(model, spec, **kw):
                     **kw)[spec]
 
 
-def _drop_from_shard(shard, keys):
-    """Rewrite a shard without the members of ``keys``; return those members' bytes."""
+def _rewrite_shard(shard, edit):
+    """Rewrite a shard with each member's bytes replaced by ``edit(name, data)``; None drops it."""
     with tarfile.open(shard) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-    removed = {}
     with tarfile.open(shard, "w") as tar:
         for member, data in members:
-            if member.name.split(".")[0] in keys:
-                removed[member.name] = data
-            else:
+            data = edit(member.name, data)
+            if data is not None:
+                member.size = len(data)
                 tar.addfile(member, io.BytesIO(data))
-    return removed
+
+
+def _drop_from_shard(shard, keys):
+    """Rewrite a shard without the members of ``keys``."""
+    _rewrite_shard(shard, lambda name, data: None if name.split(".")[0] in keys else data)
 
 
 @pytest.mark.slow
@@ -299,18 +302,8 @@ def test_wds_bad_input_is_counted_by_kind_and_partial_scores_only_when_allowed(t
     bad = tmp_path / "wds_bad"
     shutil.copytree(good, bad)
     # shard 0: a sample loses its label, one gets a label out of range, one an image that cannot be decoded
-    with tarfile.open(bad / "test" / "0.tar") as tar:
-        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-    with tarfile.open(bad / "test" / "0.tar", "w") as tar:
-        for member, data in members:
-            if member.name == "s000000.cls":
-                continue
-            if member.name == "s000003.cls":
-                data = b"11"
-            if member.name == "s000006.png":
-                data = b"this is not an image"
-            member.size = len(data)
-            tar.addfile(member, io.BytesIO(data))
+    edits = {"s000000.cls": None, "s000003.cls": b"11", "s000006.png": b"this is not an image"}
+    _rewrite_shard(bad / "test" / "0.tar", lambda name, data: edits[name] if name in edits else data)
     # shard 2 is a Git LFS pointer that was never pulled; nshards.txt names a fourth shard that is absent
     (bad / "test" / "2.tar").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 1\n")
     (bad / "test" / "nshards.txt").write_text("4\n")
@@ -337,13 +330,8 @@ def test_wds_bad_input_is_counted_by_kind_and_partial_scores_only_when_allowed(t
     # a decoding failure alone (the inventory reads no image data) is refused the same way
     only_bad_image = tmp_path / "wds_undecodable"
     shutil.copytree(good, only_bad_image)
-    with tarfile.open(only_bad_image / "test" / "1.tar") as tar:
-        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-    with tarfile.open(only_bad_image / "test" / "1.tar", "w") as tar:
-        for member, data in members:
-            data = data[: len(data) // 2] if member.name == "s000004.png" else data
-            member.size = len(data)
-            tar.addfile(member, io.BytesIO(data))
+    _rewrite_shard(only_bad_image / "test" / "1.tar",
+                   lambda name, data: data[: len(data) // 2] if name == "s000004.png" else data)
     with pytest.raises(IncompleteBenchmarkError, match="unreadable_image"):
         _run(micro_model, f"clip_benchmark/wds/mnist:{only_bad_image}")
     partial = _run(micro_model, f"clip_benchmark/wds/mnist:{only_bad_image}", allow_partial=True)

@@ -19,7 +19,7 @@ from smartclip.loss import ClipContrastiveLoss, ModularContrastiveLoss
 from smartclip.model import straight_through_mask
 from smartclip.train import ContrastiveStep, LossConfig, OptimConfig, build_loss, build_optimizer, read_metrics, train
 from conftest import real_images
-from test_train_utils import tiny_config
+from test_train_utils import tiny_config, train_until
 
 pytestmark = pytest.mark.cuda
 B = 16
@@ -273,16 +273,7 @@ def test_training_loop_on_cuda_with_fp16_gradient_caching_and_resume(tmp_path, g
     csv = make_csv_dataset(tmp_path / "data", 16)
     overrides = [f"train.device={gpu}", "train.precision=fp16", "train.micro_batch=4", "train.steps=4",
                  "checkpoint.every_steps=2"]
-
-    class Interrupt(Exception):
-        pass
-
-    def stop_after_two(info):  # called after the step-2 checkpoint is written
-        if info.step == 2:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(tiny_config(tmp_path, csv, *overrides), on_step=stop_after_two)
+    train_until(tiny_config(tmp_path, csv, *overrides), 2)
     result = train(tiny_config(tmp_path, csv, *overrides, "resume=latest"))  # optimizer and CUDA RNG state
     assert result.steps == 4 and result.metrics["max_memory_gib"] > 0
     records = read_metrics(tmp_path / "run" / "metrics.jsonl", "train")

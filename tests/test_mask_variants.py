@@ -14,7 +14,7 @@ from smartclip.loss import ModularContrastiveLoss, sentence_structure_terms, spa
 from smartclip.model import hard_concrete_gate, straight_through_mask
 from smartclip.tokenizer import split_sentences
 from smartclip.train import ConfigError, ContrastiveStep, LossConfig, build_loss, load_config
-from test_train_utils import _shift_invariant, tiny_config
+from test_train_utils import _shift_invariant, tiny_config, train_until
 
 CAPTIONS = ["A large red circle at the top left. A small cat at the bottom right.",
             "A blue square at the top right.",
@@ -67,16 +67,7 @@ def test_target_fraction_run_resumes_with_its_multiplier(tmp_path, dataset):
     records = read_metrics(full.run_dir / "metrics.jsonl", "train")
     multipliers = [r["sparsity_multiplier"] for r in records]
     assert multipliers[0] == 2.0 and len(set(multipliers)) == 4  # it moved every step
-
-    class Interrupt(Exception):
-        pass
-
-    def stop(info):
-        if info.step == 2:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(tiny_config(tmp_path / "part", dataset, *common), on_step=stop)
+    train_until(tiny_config(tmp_path / "part", dataset, *common), 2)
     resumed = train(tiny_config(tmp_path / "part", dataset, *common, "resume=latest"))
     part = read_metrics(resumed.run_dir / "metrics.jsonl", "train")
     assert [r["sparsity_multiplier"] for r in part] == multipliers

@@ -16,7 +16,7 @@ from smartclip.checkpoint import read_weights
 from smartclip.cli import main as cli_main
 from smartclip.train import (ConfigError, TrainingStopped, dump_config, list_checkpoints, load_config, read_metrics,
                              train)
-from test_train_utils import assert_same_weights, tiny_config
+from test_train_utils import assert_same_weights, tiny_config, train_until
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -161,16 +161,7 @@ def test_mixed_precision_run_resumes_exactly(tmp_path, dataset, precision):
     records = read_metrics(Path(full.run_dir) / "metrics.jsonl", "train")
     assert len(records) == 4 and all(math.isfinite(r["loss"]) for r in records)
     assert all(("loss_scale" in r) == (precision == "fp16") for r in records)
-
-    class Interrupt(Exception):
-        pass
-
-    def stop_after_two(info):  # called after the step's checkpoint is written
-        if info.step == 2:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(tiny_config(tmp_path / "part", dataset, "train.steps=4", *common), on_step=stop_after_two)
+    train_until(tiny_config(tmp_path / "part", dataset, "train.steps=4", *common), 2)
     resumed = train(tiny_config(tmp_path / "part", dataset, "train.steps=4", *common, "resume=latest"))
     assert resumed.steps == 4
     a, _ = read_weights(full.checkpoint)
@@ -207,16 +198,7 @@ def test_scale_model_is_the_starting_checkpoints_own_temperature_through_train_a
     expected = float(torch.tensor(math.log(13.06)).exp())
     common = [f"model.name={start_dir}", "loss.scale=model", "eval.specs=[]", "checkpoint.every_steps=1",
               "train.steps=3"]
-
-    class Interrupt(Exception):
-        pass
-
-    def stop_after_two(info):
-        if info.step == 2:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(tiny_config(tmp_path, dataset, *common), on_step=stop_after_two)
+    train_until(tiny_config(tmp_path, dataset, *common), 2)
     run = tmp_path / "run"
     assert yaml.safe_load((run / "config.yaml").read_text())["loss"]["scale"] == pytest.approx(expected, rel=1e-7)
     assert all(r["scale"] == pytest.approx(expected, rel=1e-7) for r in read_metrics(run / "metrics.jsonl", "train"))

@@ -1,9 +1,10 @@
 """Shared helpers for the training tests (no tests here)."""
 from __future__ import annotations
 
+import pytest
 import torch
 
-from smartclip.train import load_config
+from smartclip.train import load_config, train
 
 
 def tiny_config(tmp_path, csv: str, *overrides: str):
@@ -13,6 +14,21 @@ def tiny_config(tmp_path, csv: str, *overrides: str):
                               "train.tensorboard=false", f"run_dir={tmp_path / 'run'}",
                               # from-scratch learning rates, so a few steps move the weights visibly
                               "optim.clip.lr=1e-4", "optim.clip.warmup_steps=0", *overrides])
+
+
+class Interrupt(Exception):
+    """Raised from a run's ``on_step`` callback by :func:`train_until`."""
+
+
+def train_until(cfg, step: int) -> None:
+    """Run ``cfg`` and stop it right after ``step`` (its checkpoint, if due, is written), as a
+    kill at that moment would."""
+    def on_step(info):
+        if info.step == step:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(cfg, on_step=on_step)
 
 
 def _shift_invariant(name: str) -> bool:

@@ -103,10 +103,10 @@ class DemoConfig:
     # from scratch (--scratch, a control): the base recipe's optimiser on long captions, for as many
     # steps as the base's pretraining plus a fine-tune
     scratch: bool = False
-    scratch_steps: int = 2100
-    scratch_lr: float = 1e-3
-    scratch_weight_decay: float = 0.1
-    scratch_warmup: int = 30
+    scratch_steps: int = BaseRecipe.steps + 100
+    scratch_lr: float = BaseRecipe.lr
+    scratch_weight_decay: float = BaseRecipe.weight_decay
+    scratch_warmup: int = BaseRecipe.warmup
     # evaluation
     probe_train_images: int = 2000
     eval_batch_size: int = 128

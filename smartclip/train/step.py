@@ -211,16 +211,15 @@ class ContrastiveStep:
                     grad_list.append(grads["scale"])
                 if self.sentences:
                     structure = self._structure(out, tokens.shape[0])
-                    for name in ("union", "exclusive"):
+                    for name in ("union", "exclusive", "structure"):
                         structure_sums[name] = structure_sums.get(name, 0.0) + structure[name].detach()
                     outputs.append(self._scaled(structure["structure"]))
                     grad_list.append(torch.ones_like(structure["structure"]))
                 torch.autograd.backward(outputs, [g.to(o.dtype) for o, g in zip(outputs, grad_list)])
         _set_rng_state(after_forward, images.device)
         if self.sentences:
+            terms["loss"] = terms["loss"].detach() + structure_sums.pop("structure")
             terms.update(structure_sums)
-            terms["loss"] = terms["loss"].detach() + self.loss_fn.union_weight * structure_sums["union"] \
-                + self.loss_fn.exclusive_weight * structure_sums["exclusive"]
         return StepOutput(self._summary(terms, mask_probs, text_feats.shape[-1], scale), True)
 
     @staticmethod
