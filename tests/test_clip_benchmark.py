@@ -17,7 +17,8 @@ from smartclip.cli import main
 from smartclip.eval import (CLIP_BENCHMARK_DATASETS, DatasetFormatError, DatasetNotFoundError,
                             IncompleteBenchmarkError, average_precision_per_class, evaluate, get_benchmark,
                             list_benchmarks, mean_per_class_recall, openai_templates, read_results)
-from smartclip.eval.clip_benchmark import PAPER_TABLE3, ClipBenchmarkClassification, _no_downloads
+from smartclip.eval.clip_benchmark import PAPER_TABLE3, ClipBenchmarkClassification
+from smartclip.eval.clip_benchmark_compat import no_downloads
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -251,7 +252,7 @@ def test_missing_data_names_layout_and_path_and_never_reaches_clip_benchmark(dat
 def test_download_hooks_are_disabled_while_clip_benchmark_builds(tmp_path):
     from clip_benchmark.datasets import imagenetv2
     from clip_benchmark.datasets.builder import build_dataset
-    with _no_downloads():
+    with no_downloads():
         # its fer2013 branch shells out to `which kaggle` and `kaggle datasets download` for a missing root
         with pytest.raises(DatasetNotFoundError, match="never downloads"):
             build_dataset("fer2013", root=str(tmp_path / "nothing"), transform=None)

@@ -9,13 +9,20 @@ import torch
 from PIL import Image
 
 __all__ = ["encode_images", "encode_texts", "encode_image_items", "encode_text_items", "encode_dataset",
-           "ImageLoadError", "model_dtype"]
+           "ImageLoadError", "UNREADABLE", "model_dtype"]
 
 ImageItem = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 
 class ImageLoadError(ValueError):
     """An image file that is missing or cannot be decoded."""
+
+
+# What reading one image raises when the image itself is at fault: a file that is absent or
+# not an image (OSError, PIL's UnidentifiedImageError), a truncated or malformed one (OSError,
+# ValueError, SyntaxError, EOFError from PIL's plugins), a decompression bomb, a bad array
+# (ImageLoadError). Anything else (a broken ``preprocess``, a bug) is raised as it is.
+UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
 def model_dtype(model) -> torch.dtype:
@@ -52,9 +59,10 @@ class _ImageItems(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         try:
-            return self.preprocess(_to_pil(self.items[index])), index, ""
-        except Exception as exc:  # noqa: BLE001 - reported per file by the caller
+            image = _to_pil(self.items[index])
+        except UNREADABLE as exc:  # reported per file by the caller
             return torch.zeros(3, *self.image_size), index, f"{type(exc).__name__}: {exc}"
+        return self.preprocess(image), index, ""
 
 
 def encode_image_items(model, preprocess, items: Sequence[ImageItem], batch_size: int = 64, device="cpu",
@@ -97,21 +105,36 @@ class _MapSamples(torch.utils.data.Dataset):
         index = self.indices[position]
         try:
             image, target = self.dataset[index]
-            return self.preprocess(image), target, index, ""
-        except Exception as exc:  # noqa: BLE001 - reported per sample by the caller
+        except UNREADABLE as exc:  # reported per sample by the caller
             return torch.zeros(3, *self.image_size), None, index, f"{type(exc).__name__}: {exc}"
+        return self.preprocess(image), target, index, ""
 
 
 class _IterableSamples(torch.utils.data.IterableDataset):
     """``(pixels, target, -1, "")`` for an iterable dataset yielding ``(PIL image, target)``
-    (a WebDataset pipeline): a failure inside it ends the iteration, so it is raised."""
+    (a WebDataset pipeline). A sample it cannot decode ends the iteration: its error (one of
+    ``decode_errors``) is raised as :class:`ImageLoadError`; any other is raised as it is."""
 
-    def __init__(self, dataset, preprocess):
-        self.dataset, self.preprocess = dataset, preprocess
+    def __init__(self, dataset, preprocess, decode_errors: Tuple[type, ...]):
+        self.dataset, self.preprocess, self.decode_errors = dataset, preprocess, decode_errors
 
     def __iter__(self):
-        for image, target in self.dataset:
+        samples = iter(self.dataset)
+        while True:
+            try:
+                image, target = next(samples)
+            except StopIteration:
+                return
+            except self.decode_errors as exc:
+                raise ImageLoadError(f"a sample could not be decoded: {_cause(exc)}") from exc
             yield self.preprocess(image), target, -1, ""
+
+
+def _cause(exc: BaseException) -> str:
+    """``Type: message`` of the innermost cause (a decoder's wrapper names the sample, its cause the fault)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _collate_samples(batch):
@@ -126,22 +149,24 @@ def _stack_targets(targets: List[object]) -> torch.Tensor:
 
 
 def encode_dataset(model, dataset, preprocess, indices: Optional[Sequence[int]] = None, batch_size: int = 64,
-                   device="cpu", progress: bool = False, num_workers: int = 0, desc: str = "images"
+                   device="cpu", progress: bool = False, num_workers: int = 0, desc: str = "images",
+                   decode_errors: Tuple[type, ...] = UNREADABLE
                    ) -> Tuple[torch.Tensor, torch.Tensor, List[int], Dict[int, str]]:
     """Encode a dataset yielding ``(PIL image, target)`` (a torchvision-style map dataset, or an
     iterable one such as a WebDataset pipeline), applying ``preprocess`` to each image.
 
     Returns ``(features [n, dim] float32 on CPU, targets [n] or [n, classes], dataset
     indices of the n rows, {index: error})``; rows are the samples that loaded (for a map
-    dataset, those of ``indices``, default all). A failure inside an iterable dataset stops
-    it and is raised."""
+    dataset, those of ``indices``, default all). A sample an iterable dataset cannot decode
+    (``decode_errors``) stops it and is raised as :class:`ImageLoadError`; any other failure
+    (of ``preprocess``, of the model) is raised as it is."""
     from tqdm.auto import tqdm
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     size = tuple(getattr(model, "image_size", (224, 224)))
     iterable = isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__getitem__")
     if iterable:
-        samples = _IterableSamples(dataset, preprocess)
+        samples = _IterableSamples(dataset, preprocess, decode_errors)
         total = None
     else:
         samples = _MapSamples(dataset, range(len(dataset)) if indices is None else indices, preprocess, size)
