@@ -248,6 +248,43 @@ class _FileBenchmark(Benchmark):
         return {"benchmark": self.name, "protocol": self.protocol, "metrics": metrics, "counts": counts,
                 "partial": bool(partial), "missing": missing, "seconds": round(seconds, 2)}
 
+    def run(self, model, *, tokenizer, preprocess, device="cpu", batch_size=64, allow_partial=False,
+            progress=True, feature_cache=None) -> dict:
+        """Load the data, encode the images that exist and decode, then :meth:`_score` them."""
+        started = time.time()
+        data = self._load()
+        present, image_features, keep, missing, counts = self._readable_images(
+            data, model, preprocess, device, batch_size, allow_partial, progress, feature_cache)
+        settings = _RunSettings(model, tokenizer, device, batch_size, allow_partial, progress, feature_cache)
+        metrics = self._score(data, _Images(present, image_features, keep), missing, counts, settings)
+        counts["missing"] = len(missing)
+        return self._result(metrics, counts, missing, bool(missing), time.time() - started)
+
+    def _score(self, data, images: "_Images", missing: List[str], counts: dict,
+               settings: "_RunSettings") -> Dict[str, float]:  # pragma: no cover
+        """The metrics of one run; may add to ``missing`` and ``counts``."""
+        raise NotImplementedError
+
+
+@dataclass
+class _Images:
+    """The images of a run: ``present`` indexes the data's images (the ones that exist),
+    ``features`` has a row for each of them, ``keep`` indexes ``present`` (those that decoded)."""
+    present: List[int]
+    features: torch.Tensor
+    keep: List[int]
+
+
+@dataclass
+class _RunSettings:
+    model: object
+    tokenizer: object
+    device: object
+    batch_size: int
+    allow_partial: bool
+    progress: bool
+    cache: Optional[FeatureCache]
+
 
 class RetrievalBenchmark(_FileBenchmark):
     """Image <-> text Recall@K over a :class:`RetrievalData` (several captions per image)."""
@@ -257,12 +294,9 @@ class RetrievalBenchmark(_FileBenchmark):
         super().__init__(name, protocol, load, root, expected_images, masked, num_workers)
         self.ks = tuple(ks)
 
-    def run(self, model, *, tokenizer, preprocess, device="cpu", batch_size=64, allow_partial=False,
-            progress=True, feature_cache=None) -> dict:
-        started = time.time()
-        data: RetrievalData = self._load()
-        present, image_features, keep, missing, counts = self._readable_images(
-            data, model, preprocess, device, batch_size, allow_partial, progress, feature_cache)
+    def _score(self, data: RetrievalData, images: _Images, missing, counts, settings: _RunSettings):
+        present, keep = images.present, images.keep
+        model, tokenizer, device, batch_size = settings.model, settings.tokenizer, settings.device, settings.batch_size
         new_index = {present[j]: n for n, j in enumerate(keep)}
         text_rows = [k for k, i in enumerate(data.text_to_image) if i in new_index]
         captions = [data.captions[k] for k in text_rows]
@@ -271,27 +305,26 @@ class RetrievalBenchmark(_FileBenchmark):
         orphans = [j for j in range(len(keep)) if j not in with_caption]
         if orphans:  # images whose captions are all missing
             missing.extend(f"{_name_of(data.images[present[keep[j]]], self.root)} (no caption)" for j in orphans)
-            if not allow_partial:
+            if not settings.allow_partial:
                 raise IncompleteBenchmarkError(self.name, missing, counts)
             keep_rows = [j for j in range(len(keep)) if j in with_caption]
             remap = {j: n for n, j in enumerate(keep_rows)}
             t2i = [remap[j] for j in t2i]
             keep = [keep[j] for j in keep_rows]
-        image_features = image_features[keep]
+        image_features = images.features[keep]
 
         def compute_text():
-            features, truncated = encode_text_items(model, tokenizer, captions, max(batch_size, 64), device, progress,
-                                                    desc=f"{self.name} captions")
+            features, truncated = encode_text_items(model, tokenizer, captions, max(batch_size, 64), device,
+                                                    settings.progress, desc=f"{self.name} captions")
             return features, {"truncated": truncated}
         key = self._feature_key("texts", captions, model, (getattr(tokenizer, "context_length", None),))
-        text_features, text_info = (feature_cache.fetch(key, compute_text) if feature_cache else compute_text())
+        text_features, text_info = settings.cache.fetch(key, compute_text) if settings.cache else compute_text()
         text_masks = None
         if self.masked:
             text_masks = _text_masks(model, tokenizer, captions, device, batch_size)
         metrics = retrieval_recall(image_features, text_features, t2i, ks=self.ks, text_masks=text_masks)
-        counts.update({"images": len(keep), "texts": len(captions), "truncated_texts": text_info["truncated"],
-                       "missing": len(missing)})
-        return self._result(metrics, counts, missing, bool(missing), time.time() - started)
+        counts.update({"images": len(keep), "texts": len(captions), "truncated_texts": text_info["truncated"]})
+        return metrics
 
 
 def _text_masks(model, tokenizer, texts, device, batch_size) -> torch.Tensor:
@@ -314,16 +347,12 @@ class ClassificationBenchmark(_FileBenchmark):
         self.templates = list(templates) if templates is not None else openai_templates()
         self.ks = tuple(ks)
 
-    def run(self, model, *, tokenizer, preprocess, device="cpu", batch_size=64, allow_partial=False,
-            progress=True, feature_cache=None) -> dict:
-        started = time.time()
-        data: ClassificationData = self._load()
-        present, image_features, keep, missing, counts = self._readable_images(
-            data, model, preprocess, device, batch_size, allow_partial, progress, feature_cache)
-        labels = [data.labels[i] for i in present]
-        classifier = cached_classifier(model, tokenizer, data.classnames, self.templates, self.masked, batch_size,
-                                       device, progress, feature_cache)
-        metrics = classify(image_features[keep], [labels[j] for j in keep], classifier, self.ks, masked=self.masked)
-        counts.update({"images": len(keep), "classes": len(data.classnames), "templates": len(self.templates),
-                       "truncated_prompts": classifier["truncated"], "missing": len(missing)})
-        return self._result(metrics, counts, missing, bool(missing), time.time() - started)
+    def _score(self, data: ClassificationData, images: _Images, missing, counts, settings: _RunSettings):
+        labels = [data.labels[images.present[j]] for j in images.keep]
+        classifier = cached_classifier(settings.model, settings.tokenizer, data.classnames, self.templates,
+                                       self.masked, settings.batch_size, settings.device, settings.progress,
+                                       settings.cache)
+        metrics = classify(images.features[images.keep], labels, classifier, self.ks, masked=self.masked)
+        counts.update({"images": len(images.keep), "classes": len(data.classnames), "templates": len(self.templates),
+                       "truncated_prompts": classifier["truncated"]})
+        return metrics

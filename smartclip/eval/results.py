@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Dict, List, Sequence
+
+from ..fileio import atomic_write_json, atomic_write_text
 
 __all__ = ["write_results", "read_results", "markdown_table", "compare_table", "RESULTS_FORMAT"]
 
@@ -16,10 +17,8 @@ def write_results(run: dict, out_dir, stem: str) -> Dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md"}
-    for kind, text in (("json", json.dumps(run, indent=2, default=str)), ("markdown", markdown_table(run))):
-        tmp = paths[kind].with_suffix(paths[kind].suffix + ".tmp")
-        tmp.write_text(text + "\n", encoding="utf-8")
-        os.replace(tmp, paths[kind])
+    atomic_write_json(paths["json"], run, default=str)
+    atomic_write_text(paths["markdown"], markdown_table(run) + "\n")
     return paths
 
 

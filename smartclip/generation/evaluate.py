@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Tuple
 
 import torch
 
+from ..fileio import atomic_write_json, atomic_write_text
 from .metrics import (FIDELITY_EXTRACTORS, DINOv2Features, FidelityFeatures, kid, paired_cosine, precision_recall,
                       square_image)
 from .pipeline import RUN_FILE
@@ -192,8 +193,6 @@ def write_generation_results(record: dict, out_dir, stem: str = "eval_generation
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md"}
-    for kind, text in (("json", json.dumps(record, indent=2)), ("markdown", generation_markdown(record))):
-        tmp = paths[kind].with_suffix(paths[kind].suffix + ".tmp")
-        tmp.write_text(text + "\n", encoding="utf-8")
-        os.replace(tmp, paths[kind])
+    atomic_write_json(paths["json"], record)
+    atomic_write_text(paths["markdown"], generation_markdown(record) + "\n")
     return paths

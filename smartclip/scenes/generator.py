@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..fileio import atomic_write_text
 __all__ = ["Concept", "SceneObject", "Scene", "CONCEPTS", "COLOURS", "SIZES", "POSITIONS",
            "concept_prompt", "object_phrase", "long_caption", "short_caption",
            "SceneGenerator", "generate_scenes", "write_dataset", "load_labels", "LABELS_FILE",
@@ -356,9 +356,8 @@ def write_dataset(root: str, seed: int = 0, num_train: int = 4000, num_test: int
                             "long_caption": s.long_caption, "short_captions": s.short_captions}
                            for s in scenes] for split, scenes in splits.items()},
     }
-    tmp = labels_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(labels, indent=1))
-    os.replace(tmp, labels_path)  # written last: its presence means the dataset is complete
+    # written last: its presence means the dataset is complete
+    atomic_write_text(labels_path, json.dumps(labels, indent=1))
     return root_path
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..fileio import atomic_write_text
 from .sources import ImageSource, TextSource
 
 __all__ = ["EmbeddingSet", "encode_image_source", "encode_text_source", "EncodingError", "write_parquet",
@@ -50,15 +51,15 @@ class EmbeddingSet:
     def save(self, folder) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(folder / "ids.txt", "".join(i + "\n" for i in self.ids))
+        atomic_write_text(folder / "ids.txt", "".join(i + "\n" for i in self.ids))
         if self.paths is not None:
-            _atomic_write(folder / "paths.txt", "".join(p + "\n" for p in self.paths))
-        _atomic_write(folder / "failed.tsv", "".join(f"{i}\t{reason}\n" for i, reason in self.failed))
+            atomic_write_text(folder / "paths.txt", "".join(p + "\n" for p in self.paths))
+        atomic_write_text(folder / "failed.tsv", "".join(f"{i}\t{reason}\n" for i, reason in self.failed))
         tmp = folder / "embeddings.tmp.npy"
         np.save(tmp, np.ascontiguousarray(self.embeddings, dtype=np.float32))
         os.replace(tmp, folder / "embeddings.npy")
         # meta.json last: its presence marks a complete folder
-        _atomic_write(folder / "meta.json", json.dumps(self.meta, indent=2))
+        atomic_write_text(folder / "meta.json", json.dumps(self.meta, indent=2))
         return folder
 
     @classmethod
@@ -82,12 +83,6 @@ class EmbeddingSet:
 def _read_lines(path: Path) -> List[str]:
     text = path.read_text(encoding="utf-8")
     return text.split("\n")[:-1] if text else []
-
-
-def _atomic_write(path: Path, text: str):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_parquet(es: EmbeddingSet, path) -> Path:
@@ -175,7 +170,7 @@ def encode_image_source(model, preprocess, source: ImageSource, out_dir, *, batc
                                 "restart to discard it, or choose another output folder")
         shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
-    _atomic_write(manifest_file, json.dumps({"fingerprint": fingerprint, "count": len(source)}))
+    atomic_write_text(manifest_file, json.dumps({"fingerprint": fingerprint, "count": len(source)}))
 
     n_shards = (len(source) + shard_size - 1) // shard_size
     done_shards = [s for s in range(n_shards) if (partial / f"shard-{s:05d}.json").is_file()]
@@ -201,7 +196,7 @@ def encode_image_source(model, preprocess, source: ImageSource, out_dir, *, batc
             else torch.zeros(0, info["embed_dim"])
         np.save(partial / f"shard-{s:05d}.tmp.npy", emb.numpy().astype(np.float32))
         os.replace(partial / f"shard-{s:05d}.tmp.npy", partial / f"shard-{s:05d}.npy")
-        _atomic_write(partial / f"shard-{s:05d}.json", json.dumps({"rows": ok, "failed": failed}))
+        atomic_write_text(partial / f"shard-{s:05d}.json", json.dumps({"rows": ok, "failed": failed}))
         if bar is not None:
             bar.update(hi - lo)
         if on_shard is not None:
