@@ -3,7 +3,6 @@ does not decode) by kind, and lets every other failure (a broken ``preprocess``,
 runs out of memory, a reader's own error) surface as itself, with its cause."""
 
 import pytest
-import torch
 from PIL import Image
 
 import smartclip

@@ -1,8 +1,8 @@
-"""benchmarks/gpu_check.py: the quick run on a CPU, and that one failing or slow section loses nothing else."""
+"""benchmarks/gpu_check (python -m benchmarks.gpu_check): the quick run on a CPU, and that one failing or slow section loses nothing else."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import os
 import subprocess
@@ -12,24 +12,23 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
+REPO = Path(__file__).resolve().parent.parent
 # gpu_check runs the test suite; the suite must not run gpu_check again from inside it
 pytestmark = pytest.mark.skipif("SMARTCLIP_GPU_CHECK" in os.environ, reason="inside a gpu_check run")
 
 
-def _load_module():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture()
+def gpu_check(monkeypatch):
+    """The package, imported the way `python -m benchmarks.gpu_check` does from the repository root."""
+    monkeypatch.syspath_prepend(str(REPO))
+    return importlib.import_module("benchmarks.gpu_check")
 
 
 @pytest.mark.slow
 def test_quick_run_on_the_cpu_fills_every_section(tmp_path):
     out = tmp_path / "check"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--quick", "--out", str(out),
-                           "--budget", "900"], capture_output=True, text=True, timeout=1000)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--device", "cpu", "--quick", "--out",
+                           str(out), "--budget", "900"], cwd=REPO, capture_output=True, text=True, timeout=1000)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
     sections = report["sections"]
@@ -63,8 +62,7 @@ def test_quick_run_on_the_cpu_fills_every_section(tmp_path):
     assert "===== train_ddp" in (out / "gpu_check.log").read_text()
 
 
-def test_a_failing_or_slow_section_loses_nothing_else(tmp_path):
-    gpu_check = _load_module()
+def test_a_failing_or_slow_section_loses_nothing_else(tmp_path, gpu_check):
     args = argparse.Namespace(device="cpu", quick=True, budget=60.0)
     report = gpu_check.Report(tmp_path, args, ["--device", "cpu"])
 
@@ -98,16 +96,15 @@ def test_a_failing_or_slow_section_loses_nothing_else(tmp_path):
     assert "| broken | failed |" in markdown and "| slow | timeout |" in markdown
 
 
-def test_pytest_verdict_tells_failures_from_test_files_this_machine_cannot_import():
-    gpu_check = _load_module()
+def test_pytest_verdict_tells_failures_from_test_files_this_machine_cannot_import(gpu_check):
     missing = ("ERROR tests/test_search.py - ModuleNotFoundError: No module named 'faiss'\n"
                "==== 40 passed, 1 error in 9.1s ====\n")
-    assert gpu_check.pytest_verdict(1, gpu_check._pytest_summary("....\n" + missing)) == (
+    assert gpu_check.pytest_verdict(1, gpu_check.pytest_summary("....\n" + missing)) == (
         "ok", "1 test file(s) not collected: tests/test_search.py - ModuleNotFoundError: No module named 'faiss'")
     failed = "FAILED tests/test_cuda.py::test_bf16_step_on_cuda[4-clip] - AssertionError\n==== 1 failed, 9 passed ===="
-    status, note = gpu_check.pytest_verdict(1, gpu_check._pytest_summary(failed))
+    status, note = gpu_check.pytest_verdict(1, gpu_check.pytest_summary(failed))
     assert status == "failed" and "1 failed" in note
     errored = "ERROR tests/test_cuda.py::test_x - RuntimeError: CUDA error\n==== 1 error in 2s ===="
-    assert gpu_check.pytest_verdict(1, gpu_check._pytest_summary(errored))[0] == "failed"
-    assert gpu_check.pytest_verdict(0, gpu_check._pytest_summary("==== 19 skipped in 5s ====")) == ("ok", "")
-    assert gpu_check.pytest_verdict(None, gpu_check._pytest_summary("...."))[0] == "timeout"
+    assert gpu_check.pytest_verdict(1, gpu_check.pytest_summary(errored))[0] == "failed"
+    assert gpu_check.pytest_verdict(0, gpu_check.pytest_summary("==== 19 skipped in 5s ====")) == ("ok", "")
+    assert gpu_check.pytest_verdict(None, gpu_check.pytest_summary("...."))[0] == "timeout"
