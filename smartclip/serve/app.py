@@ -56,9 +56,6 @@ class Response:
     def json(cls, obj, status: int = 200) -> "Response":
         return cls(status, json.dumps(obj).encode(), "application/json")
 
-    def json_body(self):
-        return json.loads(self.body)
-
 
 class SearchApp:
     """Answers requests for one ``smartclip.search.Searcher``."""
