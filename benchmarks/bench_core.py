@@ -5,7 +5,7 @@
 
 1. Loss forward + backward at global batch N and embedding size d, one process:
    ``ours``  smartclip.loss.modular_contrastive_loss (matrix products),
-   ``direct`` SPEC 3 written literally with the [N, N, d] tensor (what the released code does),
+   ``direct`` docs/method.md §3 written literally with the [N, N, d] tensor (what the released code does),
    ``clip``  open_clip's ClipLoss (the floor: one N x N similarity matrix).
    Each configuration runs in a fresh subprocess; memory is that process's peak resident set
    growth during the step (ru_maxrss), time is the median of repeats. On CUDA the script

@@ -1,4 +1,4 @@
-"""SmartCLIP's modular contrastive loss (SPEC 3) and a plain CLIP InfoNCE baseline.
+"""SmartCLIP's modular contrastive loss (docs/method.md §3) and a plain CLIP InfoNCE baseline.
 
 Both terms are written as matrix products, so no [b, N, d] tensor is ever built:
 
@@ -95,7 +95,7 @@ def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor, row_groups=None, 
 def modular_contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, mask: torch.Tensor,
                              scale: float = 100.0, eps: float = DEFAULT_EPS,
                              groups: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-    """SPEC 3's terms for one process: ``sidm``, ``dism`` and ``sparsity``, unweighted.
+    """The terms of docs/method.md §3 for one process: ``sidm``, ``dism`` and ``sparsity``, unweighted.
 
     ``image_features`` [N, d] unnormalised; ``text_features`` [N, d] raw (normalised here);
     ``mask`` [N, d] (hard straight-through or soft). Row i of each is one image-caption pair.

@@ -1,6 +1,6 @@
 """The SmartCLIP model: an open_clip CLIP with long text and a text-conditioned mask.
 
-State-dict names follow the OpenAI / authors' layout (SPEC 8): ``visual.*``,
+State-dict names follow the OpenAI / authors' layout (docs/method.md §8): ``visual.*``,
 ``transformer.resblocks.*``, ``token_embedding.weight``, ``positional_embedding``
 (frozen), ``positional_embedding_res`` (trainable), ``ln_final.*``,
 ``text_projection``, ``logit_scale`` and ``mask_net.*``.
@@ -90,7 +90,7 @@ class MaskNetwork(nn.Module):
     """Predicts mask logits over image-embedding dimensions from the text token sequence.
 
     One pre-LN residual attention block (bidirectional), attention pooling, and a
-    projection only when the text width differs from the embedding size (SPEC 2).
+    projection only when the text width differs from the embedding size (docs/method.md §2).
     """
 
     def __init__(self, width: int, heads: int, embed_dim: int, act_layer=nn.GELU, norm_layer=nn.LayerNorm):

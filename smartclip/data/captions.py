@@ -1,4 +1,4 @@
-"""Caption cleaning and the caption samplers (SPEC 4: random sentence prefix by default)."""
+"""Caption cleaning and the caption samplers (docs/method.md §4: random sentence prefix by default)."""
 from __future__ import annotations
 
 import random
@@ -47,7 +47,7 @@ def split_sentences(caption: str) -> List[str]:
 def sample_caption(caption: str, mode: str = "prefix", rng: Optional[random.Random] = None) -> str:
     """One training caption from ``caption``.
 
-    - ``prefix`` (SPEC 4, the paper's default): ``k`` uniform in 1..n_sentences, the first
+    - ``prefix`` (docs/method.md §4, the paper's default): ``k`` uniform in 1..n_sentences, the first
       ``k`` sentences joined by ``". "``;
     - ``full``: the whole caption (newlines as spaces);
     - ``first``: the first sentence;

@@ -32,7 +32,7 @@ class DataConfig:
     brace pattern, or a folder of ``.tar`` files). See docs/data.md.
     """
     train: str = ""
-    caption_mode: str = "prefix"          # prefix (SPEC 4) | full | first | random_sentence
+    caption_mode: str = "prefix"          # prefix (docs/method.md §4) | full | first | random_sentence
     captions_per_image: int = 1           # k captions sampled per image per step
     csv_image_key: str = "filepath"       # open_clip's default column names
     csv_caption_key: str = "title"

@@ -181,7 +181,7 @@ class _FileBenchmark(Benchmark):
         self.name, self.root, self.expected_images = name, Path(root) if root else None, expected_images
         self.masked, self.num_workers = bool(masked), int(num_workers)
         self._load = load
-        self.protocol = protocol + ("; masked scoring <u(i,q), tn_q> (SPEC 5)" if masked
+        self.protocol = protocol + ("; masked scoring <u(i,q), tn_q> (docs/method.md §5)" if masked
                                     else "; cosine similarity of unmasked L2-normalised features")
 
     def _present(self, data) -> Tuple[List[int], List[str], dict]:

@@ -106,7 +106,7 @@ class ClipBenchmarkClassification(_FileBenchmark):
     # ---------------------------------------------------------------- protocol
     def _protocol(self, n_templates: Optional[int] = None) -> str:
         where = wds.WDS_LAYOUT if self.layout == "wds" else self.info.layout
-        scoring = "masked scoring <u(i,q), tn_q> (SPEC 5)" if self.masked else \
+        scoring = "masked scoring <u(i,q), tn_q> (docs/method.md §5)" if self.masked else \
             "cosine similarity of unmasked L2-normalised features"
         return (f"{self.description + ': ' if self.description else ''}CLIP_benchmark {self.dataset_id} "
                 f"({self.layout} layout: {where}); {self._zero_shot_text(n_templates)}; {scoring}"

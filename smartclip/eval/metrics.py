@@ -58,7 +58,7 @@ def _check_assignment(text_to_image, n_texts: int, n_images: int) -> torch.Tenso
 
 
 def masked_scores(image_features: torch.Tensor, text_features: torch.Tensor, text_masks: torch.Tensor) -> torch.Tensor:
-    """``[n_images, n_texts]`` masked scores ``<u(i, q), tn_q>`` (SPEC 5) with
+    """``[n_images, n_texts]`` masked scores ``<u(i, q), tn_q>`` (docs/method.md §5) with
     ``u(i, q) = (z_i * m_q) / ||z_i * m_q||``, as matrix products (no ``n x m x d`` tensor).
     Image features may be raw or normalised: ``u`` does not depend on the scale of ``z_i``."""
     z = F.normalize(image_features.float(), dim=-1)
@@ -124,7 +124,7 @@ def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor, 
     ``text_to_image[k]`` is the image index of caption ``k``. image->text is a hit when any
     caption of the image is in the top K; text->image is averaged over every caption.
     Features are L2-normalised here; scores are cosine similarities, or masked scores
-    (SPEC 5) when ``text_masks`` [n_texts, dim] is given. Scores are computed ``chunk_size``
+    (docs/method.md §5) when ``text_masks`` [n_texts, dim] is given. Scores are computed ``chunk_size``
     texts at a time (default: as many as keep ``n_images x chunk`` under
     :data:`DEFAULT_CHUNK_ELEMENTS`), so memory is O(n_images x chunk), never
     O(n_images x n_texts). Returns ``{"i2t@1": .., "i2t@5": .., ..., "t2i@1": .., ...}``.

@@ -1,4 +1,4 @@
-"""Zero-shot classification: prompt-ensembled class embeddings (SPEC 6) and scoring."""
+"""Zero-shot classification: prompt-ensembled class embeddings (docs/method.md §6) and scoring."""
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
@@ -75,7 +75,7 @@ def _logits(image_features: torch.Tensor, classifier: Dict[str, torch.Tensor], m
 def classify(image_features: torch.Tensor, labels, classifier: Dict[str, torch.Tensor],
              ks: Sequence[int] = (1, 5), masked: bool = False, chunk_size: int = 4096) -> Dict[str, float]:
     """Top-K accuracy and mean per-class recall (percent) of ``100 * cos(image, class)``
-    logits, or of masked scores (SPEC 5, with the class masks of :func:`build_classifier`)
+    logits, or of masked scores (docs/method.md §5, with the class masks of :func:`build_classifier`)
     when ``masked``. Top-K is reported for K up to the number of classes."""
     weights = classifier["weights"]
     ks = tuple(k for k in ks if k <= weights.shape[0]) or (1,)

@@ -24,7 +24,7 @@ __all__ = ["pair_images", "evaluate_generation", "write_generation_results", "ge
 
 RESULTS_FORMAT = "smartclip-eval-generation-v1"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-# SmartCLIP's row of the paper's Table 5 (SPEC 6); the paper states no protocol details
+# SmartCLIP's row of the paper's Table 5 (docs/method.md §6); the paper states no protocol details
 PAPER_TABLE5 = {"kid": 1.02, "precision": 0.258, "recall": 0.791, "f1": 0.389, "dino_l": 0.414}
 FIDELITY_SIZE = 299  # Inception-v3's input size; VGG16's extractor resizes to 224 itself
 

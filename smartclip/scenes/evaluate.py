@@ -8,7 +8,7 @@ concepts) -> Jaccard overlap of hard masks for captions naming the same concept 
 different concepts, and the intersection of two captions' masks that share exactly one
 concept vs that concept's own mask (against a concept neither names, as the control).
 
-Retrieval and recognition use unmasked, L2-normalised embeddings (SPEC 5). Mask metrics
+Retrieval and recognition use unmasked, L2-normalised embeddings (docs/method.md §5). Mask metrics
 are reported only for models whose mask network was trained (``model.mask_trained``).
 """
 from __future__ import annotations
@@ -57,7 +57,7 @@ class SceneBenchmark:
     ``probe_train_images``: training images used to fit the linear probes;
     ``phrases_per_concept`` / ``pairs_per_concept``: captions for the mask metrics;
     ``seed``: which captions are drawn for the mask metrics; ``masked``: rank retrieval and
-    concept prompts with masked scores ``<u(i, q), tn_q>`` (SPEC 5) instead of cosine;
+    concept prompts with masked scores ``<u(i, q), tn_q>`` (docs/method.md §5) instead of cosine;
     ``split``: ``test`` (the test and one-object scenes) or ``val`` (the validation split of
     training-like scenes and its one-object scenes, where settings are chosen).
     """

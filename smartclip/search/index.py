@@ -1,6 +1,6 @@
 """An image index: normalised embeddings of a folder, searched by text or image.
 
-Scores are cosine similarities of unmasked normalised embeddings (SPEC 5). Optional
+Scores are cosine similarities of unmasked normalised embeddings (docs/method.md §5). Optional
 masked scoring ranks image ``i`` for a text query ``q`` by ``<u(i, q), tn_q>`` with
 ``u(i, q) = (z_i * m_q) / ||z_i * m_q||``: only the dimensions the query's mask selects
 count. Exact search (a matrix product) is the default; FAISS (``faiss-cpu``) when asked for:
@@ -70,7 +70,7 @@ class SearchResult:
 
 def masked_scores(embeddings: np.ndarray, text: np.ndarray, mask: np.ndarray,
                   squared: Optional[np.ndarray] = None) -> np.ndarray:
-    """``<(z_i * m) / ||z_i * m||, t / ||t||>`` for every row ``z_i`` (SPEC 3/5), without
+    """``<(z_i * m) / ||z_i * m||, t / ||t||>`` for every row ``z_i`` (docs/method.md §3, §5), without
     materialising the masked rows: numerators ``Z @ (m * tn)``, norms ``(Z * Z) @ (m * m)``
     (pass ``squared`` = ``Z * Z`` to reuse it across queries)."""
     tn = text / max(float(np.linalg.norm(text)), _EPS)

@@ -3,7 +3,7 @@
 A caption's mask is the hard 0/1 mask of ``model.text_mask`` (sigmoid >= 0.5). Overlaps
 between captions, and expressions such as ``1 & 2`` (dimensions both select), ``1 | 2``,
 ``1 - 2`` (selected by 1, not by 2), ``1 ^ 2`` and ``~1`` over caption numbers (1-based,
-as printed) show which blocks of concepts captions share or differ in (SPEC 1).
+as printed) show which blocks of concepts captions share or differ in (docs/method.md §1).
 """
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """Loss weights. ``scale``: the fixed logit scale (SPEC 3: 100, which is OpenAI CLIP's own
+    """Loss weights. ``scale``: the fixed logit scale (docs/method.md §3: 100, which is OpenAI CLIP's own
     learned ``logit_scale.exp()``); ``model``: the starting checkpoint's own learned
     ``logit_scale.exp()``, read once when the run starts and written as a number into the run's
     ``config.yaml`` (so a resume uses the same value); ``null`` learns CLIP's temperature
@@ -128,7 +128,7 @@ class OptimGroupConfig:
 
 @dataclass
 class OptimConfig:
-    """Two AdamW groups (SPEC 4): the CLIP weights and ``model.mask_net``."""
+    """Two AdamW groups (docs/method.md §4): the CLIP weights and ``model.mask_net``."""
     clip: OptimGroupConfig = field(default_factory=lambda: OptimGroupConfig(1e-6, 0.01, 200, "cosine"))
     mask: OptimGroupConfig = field(default_factory=lambda: OptimGroupConfig(1e-3, 0.0, 0, "cosine"))
     grad_clip: Optional[float] = None

@@ -1,4 +1,4 @@
-"""Parameter groups, AdamW and the per-group warm-up + cosine schedule (SPEC 4)."""
+"""Parameter groups, AdamW and the per-group warm-up + cosine schedule (docs/method.md §4)."""
 from __future__ import annotations
 
 import math
