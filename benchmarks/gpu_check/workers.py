@@ -7,6 +7,21 @@ import sys
 import time
 from typing import Callable
 
+
+def _measure(row: dict, device, measure: Callable[[], None]) -> None:
+    """Run one measurement, which writes its figures into ``row``; a failure (an out-of-memory,
+    say) is recorded in ``row["error"]`` so that the other measurements still run. The
+    measurement's tensors die with its frame, then the GPU's cache is emptied."""
+    import torch
+    try:
+        measure()
+    except Exception as e:  # noqa: BLE001 - recorded; the next configuration, precision or model still runs
+        row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 def worker_train_step(params: dict, emit: Callable[[dict], None]):
     """Training-step throughput of one model: every configuration in this process, one model."""
     import torch
@@ -34,7 +49,8 @@ def worker_train_step(params: dict, emit: Callable[[dict], None]):
         row = {"model": params["model"], "objective": objective, "grad_checkpointing": checkpointing,
                "captions": captions, "batch": batch, "micro_batch": micro, "precision": params["precision"],
                "build_s": round(build_s, 1)}
-        try:
+
+        def step():
             model.set_grad_checkpointing(checkpointing)
             tokens = caption_tokens(tokenizer, batch, captions).to(device)
             images = torch.randn(batch, 3, *model.image_size, device=device)
@@ -45,12 +61,7 @@ def worker_train_step(params: dict, emit: Callable[[dict], None]):
             row.update(s_per_step=seconds, s_per_step_min=min(r["times"]), samples_per_s=batch / seconds,
                        text_positions=r["text_positions"], peak_step_gib=r["peak_mib"] / 1024 if cuda else None,
                        peak_gib=r["peak_total_mib"] / 1024 if cuda else None)
-        except Exception as e:  # noqa: BLE001 - an out-of-memory here must not lose the other configurations
-            row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-        finally:
-            images = tokens = None
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+        _measure(row, device, step)
         emit(row)
 
 
@@ -113,7 +124,8 @@ def worker_encode(params: dict, emit: Callable[[dict], None]):
         eot = smartclip.get_tokenizer(model).eot_token_id
         for precision in params["precisions"]:
             row = {"model": name, "precision": precision, "batch": batch}
-            try:
+
+            def rates():
                 model.to(dtypes[precision])
                 images = torch.randn(batch, 3, *model.image_size, device=device, dtype=dtypes[precision])
                 tokens = torch.randint(1, eot - 1, (batch, model.context_length), device=device)
@@ -122,12 +134,7 @@ def worker_encode(params: dict, emit: Callable[[dict], None]):
                     row["images_per_s"] = rate(lambda: model.encode_image(images), batch)
                     row["texts_per_s"] = rate(lambda: model.encode_text(tokens), batch)
                 row["text_positions"] = model.context_length
-            except Exception as e:  # noqa: BLE001 - recorded; the next precision or model still runs
-                row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-            finally:
-                images = tokens = None
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+            _measure(row, device, rates)
             emit(row)
         model = None
 

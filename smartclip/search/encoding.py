@@ -55,9 +55,7 @@ class EmbeddingSet:
         if self.paths is not None:
             atomic_write_text(folder / "paths.txt", "".join(p + "\n" for p in self.paths))
         atomic_write_text(folder / "failed.tsv", "".join(f"{i}\t{reason}\n" for i, reason in self.failed))
-        tmp = folder / "embeddings.tmp.npy"
-        np.save(tmp, np.ascontiguousarray(self.embeddings, dtype=np.float32))
-        os.replace(tmp, folder / "embeddings.npy")
+        _save_npy(folder / "embeddings.npy", np.ascontiguousarray(self.embeddings, dtype=np.float32))
         # meta.json last: its presence marks a complete folder
         atomic_write_text(folder / "meta.json", json.dumps(self.meta, indent=2))
         return folder
@@ -78,6 +76,13 @@ class EmbeddingSet:
             raise EncodingError(f"{folder}: embeddings.npy has shape {emb.shape} but ids.txt has {len(ids)} lines"
                                 + (f" and paths.txt {len(paths)}" if paths is not None else ""))
         return cls(embeddings=emb, ids=ids, meta=meta, paths=paths, failed=failed)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    """``np.save`` through a temporary name beside ``path`` (``<stem>.tmp.npy``) and a rename."""
+    tmp = path.with_name(path.stem + ".tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
 
 
 def _read_lines(path: Path) -> List[str]:
@@ -143,9 +148,6 @@ def encode_image_source(model, preprocess, source: ImageSource, out_dir, *, batc
     inputs and model, an interrupted run continues after its last finished shard;
     ``restart`` discards a partial run. ``on_shard(i)`` is called after shard ``i`` is saved.
     """
-    from ..data.errors import BadImage
-    from ..data.images import load_image
-
     out_dir = Path(out_dir)
     if shard_size < 1 or batch_size < 1:
         raise ValueError(f"shard_size and batch_size must be >= 1 (got {shard_size}, {batch_size})")
@@ -184,18 +186,10 @@ def encode_image_source(model, preprocess, source: ImageSource, out_dir, *, batc
         if s in done_shards:
             continue
         lo, hi = s * shard_size, min((s + 1) * shard_size, len(source))
-        images, ok, failed = [], [], []
-        for i in range(lo, hi):
-            try:
-                images.append(load_image(source.resolve(i), name=source.ids[i]))
-                ok.append(i)
-            except BadImage as e:
-                reason = f"{e.kind}: {e.detail}" if e.detail else e.kind
-                failed.append((source.ids[i], " ".join(reason.split())))  # one line in failed.tsv
+        images, ok, failed = _load_images(source, lo, hi)
         emb = embed_pil_images(model, preprocess, images, batch_size, device) if images \
             else torch.zeros(0, info["embed_dim"])
-        np.save(partial / f"shard-{s:05d}.tmp.npy", emb.numpy().astype(np.float32))
-        os.replace(partial / f"shard-{s:05d}.tmp.npy", partial / f"shard-{s:05d}.npy")
+        _save_npy(partial / f"shard-{s:05d}.npy", emb.numpy().astype(np.float32))
         atomic_write_text(partial / f"shard-{s:05d}.json", json.dumps({"rows": ok, "failed": failed}))
         if bar is not None:
             bar.update(hi - lo)
@@ -217,6 +211,22 @@ def encode_image_source(model, preprocess, source: ImageSource, out_dir, *, batc
     es.save(out_dir)
     shutil.rmtree(partial)
     return es
+
+
+def _load_images(source: ImageSource, lo: int, hi: int) -> Tuple[list, List[int], List[Tuple[str, str]]]:
+    """The images ``lo:hi`` of ``source`` that load, their indices, and ``(id, reason)`` of the others."""
+    from ..data.errors import BadImage
+    from ..data.images import load_image
+
+    images, ok, failed = [], [], []
+    for i in range(lo, hi):
+        try:
+            images.append(load_image(source.resolve(i), name=source.ids[i]))
+            ok.append(i)
+        except BadImage as e:
+            reason = f"{e.kind}: {e.detail}" if e.detail else e.kind
+            failed.append((source.ids[i], " ".join(reason.split())))  # one line in failed.tsv
+    return images, ok, failed
 
 
 def encode_text_source(model, tokenizer, source: TextSource, out_dir=None, *, batch_size: int = 256,
