@@ -11,8 +11,9 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-__all__ = ["compare", "summary_table", "console_summary", "write_report", "plotted_runs", "verdict", "HEADLINE_METRICS",
-           "CLAIM_METRICS", "column_label", "grid_table", "write_grid_report", "meets_mask_bar", "MASK_BAR"]
+__all__ = ["compare", "summary_table", "console_summary", "write_report", "plotted_runs", "verdict",
+           "HEADLINE_METRICS", "CLAIM_METRICS", "column_label", "grid_table", "write_grid_report", "meets_mask_bar",
+           "MASK_BAR"]
 
 # (metric key, label, claim it tests; see CLAIMS)
 HEADLINE_METRICS = [

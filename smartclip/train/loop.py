@@ -205,7 +205,7 @@ def _train(cfg: TrainConfig, world: WorldInfo, on_step) -> TrainResult:
     state, step_fn = _build_state(cfg, world, model, device, scale_source)
     if resume_from is not None:
         state.restore(resume_from)
-    total_steps = cfg.train.steps if cfg.train.steps is not None else cfg.train.epochs * len(state.data)
+    total_steps = _total_steps(cfg, state.data)
     monitor = _start_monitor(cfg, world, state, total_steps, device, resume_from)
     data, image_format = state.data, torch.channels_last if cfg.train.channels_last else torch.preserve_format
     last_metrics, last_eval, epoch = {}, {}, data.state_dict()["epoch"]
@@ -280,7 +280,6 @@ def _build_state(cfg: TrainConfig, world: WorldInfo, model, device, scale_source
     data = build_train_data(cfg.data, preprocess=smartclip.image_transform(model, train=cfg.train.augment),
                             tokenizer=smartclip.get_tokenizer(model), batch_size=local_batch,
                             rank=world.rank, world_size=world.world_size, seed=cfg.seed)
-    total_steps = cfg.train.steps if cfg.train.steps is not None else cfg.train.epochs * len(data)
     forward_module = model
     if world.world_size > 1:
         with warnings.catch_warnings():  # newer torch renames broadcast_buffers; the meaning is the same
@@ -294,9 +293,14 @@ def _build_state(cfg: TrainConfig, world: WorldInfo, model, device, scale_source
     step_fn = ContrastiveStep(model, loss_fn, objective=cfg.objective, full_mask=cfg.loss.full_mask,
                               micro_batch=cfg.train.micro_batch, forward_module=forward_module,
                               autocast=_autocast_factory(cfg.train.precision, device), scaler=scaler)
-    state = ckpt.TrainState(cfg, model, optimizer, build_scheduler(optimizer, cfg.optim, total_steps), scaler,
+    scheduler = build_scheduler(optimizer, cfg.optim, _total_steps(cfg, data))
+    state = ckpt.TrainState(cfg, model, optimizer, scheduler, scaler,
                             loss_fn, data, rank=world.rank, world_size=world.world_size, scale_source=scale_source)
     return state, step_fn
+
+
+def _total_steps(cfg: TrainConfig, data) -> int:
+    return cfg.train.steps if cfg.train.steps is not None else cfg.train.epochs * len(data)
 
 
 def _start_monitor(cfg: TrainConfig, world: WorldInfo, state, total_steps: int, device,
