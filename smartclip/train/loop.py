@@ -1,4 +1,11 @@
-"""``train(cfg)``: the training loop, on one CPU or many GPUs under torchrun / SLURM."""
+"""``train(cfg)``: the training loop, on one CPU or many GPUs under torchrun / SLURM.
+
+The loop itself (:func:`_train`) reads top to bottom; its parts live with what they serve:
+:class:`~smartclip.train.step.ContrastiveStep` computes a step's gradients and applies the
+optimiser update, :class:`~smartclip.train.checkpoints.TrainState` holds the counters and the
+objects a checkpoint saves and restores, and :class:`~smartclip.train.monitor.RunMonitor`
+records each step with its throughput.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -294,8 +301,8 @@ def _build_state(cfg: TrainConfig, world: WorldInfo, model, device, scale_source
                               micro_batch=cfg.train.micro_batch, forward_module=forward_module,
                               autocast=_autocast_factory(cfg.train.precision, device), scaler=scaler)
     scheduler = build_scheduler(optimizer, cfg.optim, _total_steps(cfg, data))
-    state = ckpt.TrainState(cfg, model, optimizer, scheduler, scaler,
-                            loss_fn, data, rank=world.rank, world_size=world.world_size, scale_source=scale_source)
+    state = ckpt.TrainState(cfg, model, optimizer, scheduler, scaler, loss_fn, data, rank=world.rank,
+                            world_size=world.world_size, scale_source=scale_source)
     return state, step_fn
 
 
