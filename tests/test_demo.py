@@ -1,10 +1,13 @@
 """The demo end to end (shortened), its run plan, the shipped base, reuse of finished runs, the CLI."""
 import json
+import typing
 
 import pytest
 
-from smartclip.scenes.demo import (BASE_DIR, BASE_SHA256, METHODS, BaseRecipe, DemoConfig, build_base, file_sha256,
-                                   plan_runs, run_demo, shipped_base)
+from smartclip.fileio import sha256_file
+from smartclip.scenes.demo import (BASE_DIR, BASE_SHA256, METHODS, BaseRecipe, DemoConfig, build_base, plan_runs,
+                                   run_demo, shipped_base)
+from smartclip.scenes.plan import DemoPaths, MethodName, train_config
 
 
 def test_plan_fine_tunes_every_method_from_the_base_with_identical_settings():
@@ -21,12 +24,11 @@ def test_plan_fine_tunes_every_method_from_the_base_with_identical_settings():
 
 
 def test_fine_tune_configs_differ_only_in_objective_mask_and_scale(tmp_path):
-    from smartclip.scenes.demo import _train_config
     from smartclip.train import config_to_dict
     cfg = DemoConfig()
     runs = {r.method: r for r in plan_runs(cfg, 1) if r.regime == "long"}
-    dicts = {m: config_to_dict(_train_config(cfg, r, tmp_path, tmp_path, tmp_path / "base", tmp_path / "init"))
-             for m, r in runs.items()}
+    paths = DemoPaths(tmp_path, tmp_path, tmp_path / "base", tmp_path / "init")
+    dicts = {m: config_to_dict(train_config(cfg, r, paths)) for m, r in runs.items()}
     assert dicts["smartclip"]["loss"]["scale"] == "model" and dicts["smartclip_fullmask"]["loss"]["scale"] == "model"
     assert dicts["smartclip_scale100"]["loss"]["scale"] == 100.0 and dicts["clip"]["loss"]["scale"] is None
     for m, d in dicts.items():
@@ -44,15 +46,49 @@ def test_bad_demo_configs_fail_with_the_field_name():
         DemoConfig(finetune_steps=0).validate()
     with pytest.raises(ValueError, match="scale"):
         DemoConfig(scale="sharp").validate()
+    from smartclip.train import ConfigError
+    with pytest.raises(ConfigError, match="demo.finetune_stepz: unknown key in 'demo'. Did you mean 'finetune_steps'"):
+        DemoConfig.quick(finetune_stepz=3)
+    assert set(typing.get_args(MethodName)) == set(METHODS)  # the config's choices are the methods run
+
+
+def test_a_finished_run_is_reused_from_its_score_once_its_checkpoint_is_deleted(tmp_path):
+    from smartclip.scenes.finetune import _finished
+    run_dir, result = tmp_path / "runs/long/clip/seed0", tmp_path / "evals/long_clip_seed0.json"
+    run_dir.mkdir(parents=True)
+    result.parent.mkdir()
+    config = {"seed": 0}
+    done = {"config": config, "checkpoint": str(run_dir / "checkpoints/step_00000002"), "steps": 2,
+            "checkpoint_hash": "abc"}
+    (run_dir / "done.json").write_text(json.dumps(done))
+    assert _finished(run_dir, config, result) is None  # deleted and never scored on this split: train again
+    result.write_text(json.dumps({"checkpoint_hash": "abc", "metrics": {}}))
+    assert _finished(run_dir, config, result) == done
+    result.write_text(json.dumps({"checkpoint_hash": "other weights", "metrics": {}}))
+    assert _finished(run_dir, config, result) is None
+    with pytest.raises(FileExistsError, match="another configuration"):
+        _finished(run_dir, {"seed": 1}, result)
+
+
+def test_cli_command_line_is_the_one_given():
+    import argparse
+    from smartclip.cli.demo import add_arguments, command_line
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert command_line(parser.parse_args(["--quick", "--out", "/tmp/d q", "--seeds", "2", "--scratch"])) == \
+        "smartclip demo --out '/tmp/d q' --seeds 2 --scratch --quick"
+    assert command_line(parser.parse_args(["--grid", "loss.dual_lr=1,10", "--keep-checkpoints", "--workers", "1"])) \
+        == "smartclip demo --out runs/demo --seeds 3 --keep-checkpoints --workers 1 --grid loss.dual_lr=1,10 " \
+           "--grid-split val --grid-regime long"
 
 
 def test_shipped_base_is_small_and_its_hash_is_checked(tmp_path, monkeypatch):
     weights = BASE_DIR / "model.safetensors"
     assert weights.stat().st_size < 10 * 1000 * 1000
-    assert file_sha256(weights) == BASE_SHA256 and shipped_base() == BASE_DIR
+    assert sha256_file(weights) == BASE_SHA256 and shipped_base() == BASE_DIR
     record = json.loads((BASE_DIR / "base.json").read_text())
     assert record["sha256"] == BASE_SHA256 and record["command"].startswith("smartclip demo --build-base")
-    monkeypatch.setattr("smartclip.scenes.demo.BASE_SHA256", "0" * 64)
+    monkeypatch.setattr("smartclip.scenes.base_model.BASE_SHA256", "0" * 64)
     with pytest.raises(ValueError, match="modified or damaged"):
         shipped_base()
 
@@ -61,7 +97,8 @@ def test_shipped_base_is_small_and_its_hash_is_checked(tmp_path, monkeypatch):
 def test_quick_demo_writes_every_output_and_reuses_finished_runs(tmp_path, capsys):
     out = tmp_path / "demo"
     config = DemoConfig.quick(scratch=True, regimes=["long"], workers=2)
-    record = run_demo(out, seeds=2, config=config, progress=False)
+    command = f"smartclip demo --out {out} --seeds 2 --quick"
+    record = run_demo(out, seeds=2, config=config, progress=False, command=command)
     for name in ("results.json", "report.md", "plots/training_curves.png", "plots/mask_curves.png",
                  "plots/mask_usage.png", "plots/retrieval_examples.png", "data/labels.json"):
         assert (out / name).is_file(), name
@@ -87,12 +124,26 @@ def test_quick_demo_writes_every_output_and_reuses_finished_runs(tmp_path, capsy
     assert {c["b"] for c in saved["comparisons"] if c["metric"] != "mask gap"} == \
         {"clip", "smartclip_fullmask", "smartclip_scale100"}
     report = (out / "report.md").read_text()
-    assert "| metric |" in report and "plots/mask_curves.png" in report
+    assert "| metric |" in report and "plots/mask_curves.png" in report and f"Command: `{command}`" in report
+    # only the weights the report's plots load are kept: no optimizer state, no other checkpoint
+    plotted = {"long/clip/seed0", "long/smartclip/seed0", "scratch-long/smartclip/seed0"}
+    for name, run in saved["runs"].items():
+        checkpoints = out / "runs" / name / "checkpoints"
+        assert run["checkpoint_kept"] == (name in plotted), name
+        if name in plotted:
+            assert sorted(p.name for p in checkpoints.glob("*/*")) == ["model.safetensors", "smartclip_config.json"]
+        else:
+            assert not checkpoints.exists() and (out / "runs" / name / "done.json").is_file(), name
     printed = capsys.readouterr().out
     assert "one-concept prompt mAP" in printed and "long captions, SmartCLIP vs CLIP:" in printed
-    # a second call reuses every finished run and evaluation: same numbers
+    # a second call reuses every finished run and evaluation, checkpoint or not: same numbers
     again = run_demo(out, seeds=2, config=config, progress=False)
     assert again["summary"] == record["summary"] and all(r["reused"] for r in again["runs"].values())
+    # --keep-checkpoints keeps each run's whole checkpoint, with the optimizer state to continue
+    kept = run_demo(out / "kept", seeds=1, config=DemoConfig.quick(regimes=["long"], methods=["clip"], workers=1,
+                                                                     keep_checkpoints=True), progress=False)
+    assert kept["runs"]["long/clip/seed0"]["checkpoint_kept"]
+    assert (out / "kept/runs/long/clip/seed0/checkpoints/step_00000002/trainer_state.pt").is_file()
     with pytest.raises(FileExistsError, match="another configuration"):
         run_demo(out, seeds=1, config=DemoConfig.quick(finetune_lr=1e-5, regimes=["long"], workers=1),
                  progress=False)
@@ -103,7 +154,7 @@ def test_build_base_writes_an_fp16_checkpoint_with_its_hash_and_recipe(tmp_path)
     import smartclip
     recipe = BaseRecipe(num_pretrain=32, num_pretrain_single=16, steps=2, warmup=1, batch_size=8, probe_images=32)
     record = build_base(tmp_path / "base", recipe, progress=False, log=lambda _: None)
-    assert record["sha256"] == file_sha256(tmp_path / "base" / "model.safetensors")
+    assert record["sha256"] == sha256_file(tmp_path / "base" / "model.safetensors")
     assert record["recipe"]["steps"] == 2 and "concept_map" in record["val_metrics"]
     from safetensors.torch import load_file
     tensors = load_file(str(tmp_path / "base" / "model.safetensors")).values()

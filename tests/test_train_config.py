@@ -55,6 +55,11 @@ def test_overrides_are_typed_and_nested(csv):
 
 @pytest.mark.parametrize("override, message", [
     ("train.stepz=3", "train.stepz: unknown key in 'train'. Did you mean 'steps'?"),
+    # a key in the wrong section is answered with its full dotted path elsewhere
+    ("train.lrr=1", "train.lrr: unknown key in 'train'. Did you mean 'optim.clip.lr' or 'optim.mask.lr'?"),
+    ("optim.lr=1", "optim.lr: unknown key in 'optim'. Did you mean 'optim.clip.lr' or 'optim.mask.lr'?"),
+    ("num_workers=0", "num_workers: unknown key at the top level. Did you mean 'data.num_workers'?"),
+    ("loss.every_step=5", "Did you mean 'checkpoint.every_steps' or 'eval.every_steps'?"),
     ("trian.steps=3", "trian: unknown key at the top level. Did you mean 'train'?"),
     ("train.steps=abc", "train.steps: expected an integer or null, got 'abc'"),
     ("train.steps=0", "train.steps: must be >= 1, got 0"),
@@ -96,6 +101,35 @@ def test_composed_in_code_and_type_checked(csv):
     cfg.train.steps = "five"
     with pytest.raises(ConfigError, match="train.steps: expected an integer or null"):
         cfg.validate()
+    cfg.train.steps = 5
+    cfg.data.num_workers = "4"  # the data section is checked by the same library (smartclip.configlib)
+    with pytest.raises(ConfigError, match="data.num_workers: expected an integer, got '4'"):
+        cfg.validate()
+
+
+def test_eval_spec_check_surfaces_unexpected_errors(tmp_path, csv, monkeypatch):
+    """Checking eval.specs turns an unknown name or missing data into a ConfigError; a bug in
+    a benchmark (any other exception) surfaces as itself, with its traceback."""
+    import smartclip.eval
+    from smartclip.train import train
+    cfg = load_config(CONFIGS / "tiny.yaml", [f"data.train={csv}", f"run_dir={tmp_path / 'run'}",
+                                              "eval.specs=[retrieval:/nonexistent/pairs.csv]"])
+
+    def planted(*args, **kwargs):
+        raise RuntimeError("planted: a bug in a benchmark")
+
+    monkeypatch.setattr(smartclip.eval, "get_benchmark", planted)
+    with pytest.raises(RuntimeError, match="planted: a bug in a benchmark") as err:
+        train(cfg)
+    assert not isinstance(err.value, ConfigError)
+
+    def missing(*args, **kwargs):
+        raise FileNotFoundError("no such file: /nonexistent/pairs.csv")
+
+    monkeypatch.setattr(smartclip.eval, "get_benchmark", missing)
+    with pytest.raises(ConfigError, match=r"eval.specs: 'retrieval:/nonexistent/pairs.csv': no such file"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
 
 
 def test_cli_rejects_bad_config_before_any_work(tmp_path, csv, capsys):

@@ -83,3 +83,17 @@ def test_off_a_terminal_an_evaluation_is_one_log_line(tmp_path, monkeypatch, log
     mon.eval_results(2, {"retrieval:test.csv": {"metrics": {"i2t@1": 31.5}}})
     mon.close()
     assert log_lines() == ["step 2 eval (percent): retrieval:test.csv: i2t@1=31.5"]
+
+
+def test_record_step_adds_the_throughput_since_the_previous_record(tmp_path):
+    from smartclip.train import read_metrics
+    mon = RunMonitor(tmp_path, total_steps=10, start_step=2, progress=False, tensorboard=False)
+    first = mon.record_step(5, {"loss": 1.5, "epoch": 0}, batch=8, after={"nonfinite_skipped": 0})
+    second = mon.record_step(6, {"loss": 1.25, "epoch": 0}, batch=8)
+    mon.close()
+    assert list(first) == ["loss", "epoch", "steps_per_s", "samples_per_s", "nonfinite_skipped"]
+    for record in (first, second):
+        assert record["steps_per_s"] > 0
+        assert record["samples_per_s"] == pytest.approx(8 * record["steps_per_s"])
+    written = read_metrics(tmp_path / "metrics.jsonl", "train")
+    assert [r["step"] for r in written] == [5, 6] and written[0]["samples_per_s"] == first["samples_per_s"]

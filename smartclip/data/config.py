@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from typing import List
 
+from smartclip.configlib import check_types
+
 from .captions import CAPTION_MODES
 from .images import DEFAULT_MAX_IMAGE_PIXELS
 
@@ -49,12 +51,13 @@ class DataConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming ``data.<field>`` and what would be valid."""
-        if not isinstance(self.train, str) or not self.train.strip():
+        check_types(self, "data")  # the field types (smartclip.configlib); the values below
+        if not self.train.strip():
             raise ValueError("data.train is empty; give a .csv/.tsv file, a ShareGPT4V .json or WebDataset "
                              "shards ('shards/{000..009}.tar'), several joined by '::' with optional '@WEIGHT'")
         if self.caption_mode not in CAPTION_MODES:
             raise ValueError(f"data.caption_mode={self.caption_mode!r} is not valid; use one of {', '.join(CAPTION_MODES)}")
-        if not isinstance(self.captions_per_image, int) or self.captions_per_image < 1:
+        if self.captions_per_image < 1:
             raise ValueError(f"data.captions_per_image={self.captions_per_image!r}; expected an integer >= 1")
         if self.captions_per_image > 1 and self.caption_mode in ("full", "first"):
             raise ValueError(f"data.captions_per_image={self.captions_per_image} with data.caption_mode="
@@ -72,7 +75,7 @@ class DataConfig:
         for key, low in (("max_image_pixels", 1), ("samples_per_epoch", 0), ("shuffle_buffer", 1),
                          ("num_workers", 0)):
             value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            if value < low:
                 raise ValueError(f"data.{key}={value!r}; expected an integer >= {low}")
         from .readers import parse_image_roots
         parse_image_roots(self.image_roots)

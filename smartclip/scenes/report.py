@@ -11,8 +11,9 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-__all__ = ["compare", "summary_table", "console_summary", "write_report", "verdict", "HEADLINE_METRICS",
-           "CLAIM_METRICS", "column_label", "grid_table", "write_grid_report", "meets_mask_bar", "MASK_BAR"]
+__all__ = ["compare", "summary_table", "console_summary", "write_report", "plotted_runs", "verdict",
+           "HEADLINE_METRICS", "CLAIM_METRICS", "column_label", "grid_table", "write_grid_report", "meets_mask_bar",
+           "MASK_BAR"]
 
 # (metric key, label, claim it tests; see CLAIMS)
 HEADLINE_METRICS = [
@@ -255,6 +256,22 @@ def _plot_mask_curves(record: dict, plots: Path) -> bool:
     return True
 
 
+def _mask_usage_runs(runs) -> list:
+    return [r for r in runs if r.mask_trained and r.seed == 0 and r.method == "smartclip"]
+
+
+def _retrieval_runs(runs) -> tuple:
+    """``(regime, runs)`` of the retrieval examples: CLIP's and SmartCLIP's seed-0 fine-tunes."""
+    regime = "long" if any(r.regime == "long" and r.stage == "finetune" for r in runs) else "short"
+    return regime, [r for r in runs if r.stage == "finetune" and r.regime == regime and r.seed == 0
+                    and r.method in ("clip", "smartclip")]
+
+
+def plotted_runs(runs) -> set:
+    """Names of the runs whose checkpoints the report's plots load (the demo keeps their weights)."""
+    return {r.name for r in _mask_usage_runs(runs) + _retrieval_runs(runs)[1]}
+
+
 def _plot_mask_usage(runs, checkpoints: Dict[str, str], plots: Path) -> List[str]:
     import matplotlib
     matplotlib.use("Agg")
@@ -262,7 +279,7 @@ def _plot_mask_usage(runs, checkpoints: Dict[str, str], plots: Path) -> List[str
     import smartclip
     from .evaluate import concept_mask_usage
     from .generator import CONCEPTS
-    chosen = [r for r in runs if r.mask_trained and r.seed == 0 and r.method == "smartclip"]
+    chosen = _mask_usage_runs(runs)
     if not chosen:
         return []
     fig, axes = plt.subplots(len(chosen), 1, figsize=(9, 2.6 * len(chosen)), squeeze=False)
@@ -289,9 +306,7 @@ def _plot_retrieval(runs, checkpoints: Dict[str, str], data_dir: Path, plots: Pa
     import smartclip
     from smartclip.eval.encode import encode_images, encode_texts
     from .generator import load_labels
-    regime = "long" if any(r.regime == "long" and r.stage == "finetune" for r in runs) else "short"
-    chosen = [r for r in runs if r.stage == "finetune" and r.regime == regime and r.seed == 0
-              and r.method in ("clip", "smartclip")]
+    regime, chosen = _retrieval_runs(runs)
     if not chosen:
         return None
     test = load_labels(data_dir)["splits"]["test"]

@@ -15,18 +15,19 @@ from __future__ import annotations
 import random
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from .config import ConfigError
+from .config import ConfigError, config_to_dict, resume_differences
 
 __all__ = ["checkpoint_dir_name", "list_checkpoints", "latest_checkpoint", "resolve_resume",
            "save_training_checkpoint", "load_trainer_state", "load_rank_state", "rng_state", "set_rng_state",
-           "TRAINER_STATE", "CHECKPOINTS"]
+           "TrainState", "TRAINER_STATE", "CHECKPOINTS"]
 
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.pt"
@@ -142,3 +143,66 @@ def load_rank_state(path, rank: int) -> dict:
         raise ConfigError(f"resume: {path} has no {file.name} (the checkpoint was written by {len(have)} process(es): "
                                 f"{have}); resume with the same number of processes")
     return torch.load(file, map_location="cpu", weights_only=True)
+
+
+# ------------------------------------------------------------------ a run's state
+@dataclass
+class TrainState:
+    """Everything a training checkpoint holds besides the weights: the loop's counters and the
+    objects whose state continues (optimizer, scheduler, loss scaler, loss, data position).
+    :meth:`save` writes a checkpoint of it, :meth:`restore` reads one back."""
+    cfg: Any                      # the run's TrainConfig (scale resolved)
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Optional[Any]         # torch.amp.GradScaler under fp16
+    loss_fn: torch.nn.Module
+    data: Any                     # the training data (state_dict / load_state_dict)
+    rank: int = 0
+    world_size: int = 1
+    scale_source: str = "config"  # where loss.scale came from: learned, config or model
+    step: int = 0
+    samples_seen: int = 0
+    nonfinite_total: int = 0
+    nonfinite_in_row: int = 0
+
+    def save(self) -> Path:
+        """Write checkpoint ``step`` into the run directory (every process calls this)."""
+        cfg = self.cfg
+        trainer_state = {"step": self.step, "samples_seen": self.samples_seen, "world_size": self.world_size,
+                         "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                         "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+                         "nonfinite_total": self.nonfinite_total, "nonfinite_in_row": self.nonfinite_in_row,
+                         "config": config_to_dict(cfg), "loss": self.loss_fn.state_dict()}
+        rank_state = {"rng": rng_state(), "data": self.data.state_dict()}
+        extra = {"training": {"step": self.step, "objective": cfg.objective, "run_dir": str(Path(cfg.run_dir)),
+                              "loss_scale": cfg.loss.scale, "loss_scale_source": self.scale_source}}
+        return save_training_checkpoint(cfg.run_dir, self.step, model=self.model, trainer_state=trainer_state,
+                                        rank_state=rank_state, rank=self.rank, keep_last=cfg.checkpoint.keep_last,
+                                        extra=extra)
+
+    def restore(self, path) -> None:
+        """Continue from checkpoint ``path`` (its weights are loaded separately, before the
+        optimizer is built): refuses a checkpoint of other settings or another world size."""
+        trainer = load_trainer_state(path)
+        diffs = resume_differences(trainer["config"], self.cfg) if self.cfg.resume_check and "config" in trainer \
+            else []
+        if diffs:
+            raise ConfigError(f"resume={path}: the run would not continue the same computation; settings "
+                              "differ from the checkpoint's:\n  " + "\n  ".join(diffs) +
+                              "\nUse the checkpoint's settings (its run directory's config.yaml), or "
+                              "resume_check=false to continue anyway as a different run")
+        if trainer["world_size"] != self.world_size:
+            raise ConfigError(f"resume={path}: written by {trainer['world_size']} process(es), this run has "
+                              f"{self.world_size}; the data order and negatives would differ")
+        self.optimizer.load_state_dict(trainer["optimizer"])
+        self.scheduler.load_state_dict(trainer["scheduler"])
+        if self.scaler is not None and trainer.get("scaler"):
+            self.scaler.load_state_dict(trainer["scaler"])
+        if trainer.get("loss"):  # the target-fraction variant's multiplier
+            self.loss_fn.load_state_dict(trainer["loss"])
+        self.step, self.samples_seen = trainer["step"], trainer["samples_seen"]
+        self.nonfinite_total, self.nonfinite_in_row = trainer["nonfinite_total"], trainer["nonfinite_in_row"]
+        rank_state = load_rank_state(path, self.rank)
+        self.data.load_state_dict(rank_state["data"])
+        set_rng_state(rank_state["rng"])

@@ -6,28 +6,19 @@ An experiment is one YAML file in ``configs/``; every key can be overridden with
 """
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import math
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 
 import yaml
 
+from smartclip.configlib import (ConfigError, apply_overrides, check_types, config_from_dict, config_to_dict,
+                                 non_negative)
+
 __all__ = ["ConfigError", "ModelConfig", "LossConfig", "OptimGroupConfig", "OptimConfig", "LoopConfig",
            "CheckpointConfig", "EvalConfig", "TrainConfig", "load_config", "apply_overrides",
            "config_to_dict", "config_from_dict", "dump_config"]
-
-OBJECTIVES = ("smartclip", "clip")
-PRECISIONS = ("fp32", "fp16", "bf16")
-SCHEDULES = ("cosine", "constant")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run: names the key and what would be valid."""
-
 
 def _data_config_class():
     try:
@@ -87,17 +78,17 @@ class LossConfig:
     gate_temperature: List[float] = field(default_factory=lambda: [2 / 3, 2 / 3])
 
     def validate(self, prefix="loss"):
-        _non_negative(self.align_weight, f"{prefix}.align_weight")
-        _non_negative(self.sparsity_weight, f"{prefix}.sparsity_weight")
+        non_negative(self.align_weight, f"{prefix}.align_weight")
+        non_negative(self.sparsity_weight, f"{prefix}.sparsity_weight")
         if isinstance(self.scale, float) and not (self.scale > 0 and math.isfinite(self.scale)):
             raise ConfigError(f"{prefix}.scale: must be a number > 0, 'model' (the starting checkpoint's own "
                               f"logit_scale.exp()) or null (learned), got {self.scale}")
         if self.sparsity_target is not None and not 0 < self.sparsity_target < 1:
             raise ConfigError(f"{prefix}.sparsity_target: a fraction of active dimensions in (0, 1) or null, "
                               f"got {self.sparsity_target}")
-        _non_negative(self.dual_lr, f"{prefix}.dual_lr")
-        _non_negative(self.union_weight, f"{prefix}.union_weight")
-        _non_negative(self.exclusive_weight, f"{prefix}.exclusive_weight")
+        non_negative(self.dual_lr, f"{prefix}.dual_lr")
+        non_negative(self.union_weight, f"{prefix}.union_weight")
+        non_negative(self.exclusive_weight, f"{prefix}.exclusive_weight")
         if len(self.gate_temperature) != 2 or not all(t > 0 and math.isfinite(t) for t in self.gate_temperature):
             raise ConfigError(f"{prefix}.gate_temperature: [start, end], two numbers > 0, got {self.gate_temperature}")
 
@@ -117,9 +108,9 @@ class OptimGroupConfig:
     eps: float = 1e-8
 
     def validate(self, prefix):
-        _non_negative(self.lr, f"{prefix}.lr")
-        _non_negative(self.weight_decay, f"{prefix}.weight_decay")
-        _non_negative(self.warmup_steps, f"{prefix}.warmup_steps")
+        non_negative(self.lr, f"{prefix}.lr")
+        non_negative(self.weight_decay, f"{prefix}.weight_decay")
+        non_negative(self.warmup_steps, f"{prefix}.warmup_steps")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"{prefix}.betas: need two numbers in [0, 1), got {self.betas}")
         if not self.eps > 0:
@@ -204,7 +195,7 @@ class CheckpointConfig:
     keep_last: int = 3
 
     def validate(self, prefix="checkpoint"):
-        _non_negative(self.every_steps, f"{prefix}.every_steps")
+        non_negative(self.every_steps, f"{prefix}.every_steps")
         if self.keep_last < 1:
             raise ConfigError(f"{prefix}.keep_last: must be >= 1, got {self.keep_last}")
 
@@ -220,7 +211,7 @@ class EvalConfig:
     batch_size: int = 64
 
     def validate(self, prefix="eval"):
-        _non_negative(self.every_steps, f"{prefix}.every_steps")
+        non_negative(self.every_steps, f"{prefix}.every_steps")
         if self.batch_size < 1:
             raise ConfigError(f"{prefix}.batch_size: must be >= 1, got {self.batch_size}")
 
@@ -244,7 +235,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check every section; raises :class:`ConfigError`. Returns ``self``."""
-        _check_types(self, "")
+        check_types(self)
         if not self.run_dir:
             raise ConfigError("run_dir: empty; give the directory the run writes to")
         if self.loss.scale is None and self.objective != "clip":
@@ -272,149 +263,7 @@ class TrainConfig:
         return self
 
 
-def _non_negative(value, key):
-    if value < 0 or (isinstance(value, float) and not math.isfinite(value)):
-        raise ConfigError(f"{key}: must be a finite number >= 0, got {value}")
-
-
-# ------------------------------------------------------------------ dict <-> dataclass
-def _field_type(cls, f: dataclasses.Field):
-    if "type" in f.metadata:
-        return f.metadata["type"]()
-    return typing.get_type_hints(cls)[f.name]
-
-
-def _describe(tp) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin is Union:
-        return " or ".join("null" if a is type(None) else _describe(a) for a in typing.get_args(tp))
-    if origin in (list, List):
-        return f"a list of {_describe(typing.get_args(tp)[0])}"
-    if origin in (dict, Dict):
-        return "a mapping"
-    if dataclasses.is_dataclass(tp):
-        return f"a mapping with keys {[f.name for f in dataclasses.fields(tp)]}"
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-    return names.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _coerce(value, tp, key: str):
-    """``value`` converted to ``tp`` or a ConfigError naming ``key``."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin is Union:
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as e:
-                errors.append(e)
-        raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{key}: {value!r} is not valid; choose one of {list(choices)}{hint}")
-        return value
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
-        return config_from_dict(tp, value, prefix=key)
-    if origin in (list, List):
-        if isinstance(value, tuple):
-            value = list(value)
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
-        (item,) = typing.get_args(tp) or (Any,)
-        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin in (dict, Dict):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-6" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    return value
-
-
-def _unknown_key(cls, key: str, prefix: str) -> ConfigError:
-    names = [f.name for f in dataclasses.fields(cls)]
-    full = f"{prefix}.{key}" if prefix else key
-    close = difflib.get_close_matches(key, names, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    where = f"in '{prefix}'" if prefix else "at the top level"
-    return ConfigError(f"{full}: unknown key {where}.{hint} Valid keys: {names}")
-
-
-def config_from_dict(cls, data: Dict[str, Any], prefix: str = ""):
-    """Build dataclass ``cls`` from a nested dict, checking keys and types."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        if key not in fields:
-            raise _unknown_key(cls, key, prefix)
-        full = f"{prefix}.{key}" if prefix else key
-        kwargs[key] = _coerce(value, _field_type(cls, fields[key]), full)
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{prefix or 'config'}: {e}") from e
-
-
-def _check_types(obj, prefix: str):
-    """Re-check a config composed in code (``cfg.train.steps = "10"`` is caught here)."""
-    for f in dataclasses.fields(obj):
-        full = f"{prefix}.{f.name}" if prefix else f.name
-        value = getattr(obj, f.name)
-        tp = _field_type(type(obj), f)
-        if dataclasses.is_dataclass(tp) and isinstance(value, tp):
-            if tp.__module__ == __name__:
-                _check_types(value, full)
-            continue
-        setattr(obj, f.name, _coerce(value, tp, full))
-
-
-def config_to_dict(cfg) -> Dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
+# ------------------------------------------------------------------------ resume
 # settings a resumed run may change: where and how it reports, not what it computes
 RESUME_FREE_KEYS = ("run_dir", "resume", "resume_check", "train.progress", "train.plots", "train.tensorboard",
                     "train.log_every", "train.device", "data.num_workers", "checkpoint.", "eval.")
@@ -450,39 +299,7 @@ def dump_config(cfg, path) -> Path:
     return path
 
 
-# --------------------------------------------------------------------------- overrides
-def _parse_override(item: str):
-    if "=" not in item:
-        raise ConfigError(f"override {item!r}: expected key=value, e.g. train.steps=200")
-    key, raw = item.split("=", 1)
-    key = key.strip()
-    if not key:
-        raise ConfigError(f"override {item!r}: empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""  # `key=` is the empty string; `key=null` is None
-    except yaml.YAMLError:
-        value = raw
-    return key, value
-
-
-def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
-    """Set dotted ``key=value`` pairs in a nested dict (values parsed as YAML)."""
-    for item in overrides:
-        key, value = _parse_override(item)
-        node = data
-        parts = key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
-                raise ConfigError(f"{'.'.join(parts[:i + 1])}: is a value ({child!r}), not a section; "
-                                  f"cannot set {key}")
-            node = child
-        node[parts[-1]] = value
-    return data
-
-
+# ------------------------------------------------------------------------- loading
 def load_config(path=None, overrides: Sequence[str] = ()) -> TrainConfig:
     """A validated :class:`TrainConfig` from a YAML file (or defaults when ``path`` is None)
     with dotted ``key=value`` overrides applied."""

@@ -1,12 +1,17 @@
-"""``train(cfg)``: the training loop, on one CPU or many GPUs under torchrun / SLURM."""
+"""``train(cfg)``: the training loop, on one CPU or many GPUs under torchrun / SLURM.
+
+The loop itself (:func:`_train`) reads top to bottom; its parts live with what they serve:
+:class:`~smartclip.train.step.ContrastiveStep` computes a step's gradients and applies the
+optimiser update, :class:`~smartclip.train.checkpoints.TrainState` holds the counters and the
+objects a checkpoint saves and restores, and :class:`~smartclip.train.monitor.RunMonitor`
+records each step with its throughput.
+"""
 from __future__ import annotations
 
 import contextlib
 import copy
 import logging
-import math
 import os
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,19 +19,20 @@ from typing import Callable, Dict, Optional
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
+import smartclip
 from smartclip.distributed import WorldInfo, detect_launch_env, world_info
 
 from . import checkpoints as ckpt
-from .config import ConfigError, TrainConfig, config_to_dict, dump_config, resume_differences
+from .config import ConfigError, TrainConfig, dump_config
 from .monitor import RunMonitor, plot_metrics
 from .optim import build_optimizer, build_scheduler
-from .step import ContrastiveStep, build_loss
+from .step import ContrastiveStep, StepOutput, build_loss
 
 __all__ = ["train", "TrainResult", "TrainingStopped", "StepInfo"]
 
 log = logging.getLogger("smartclip.train")
-_LOGIT_SCALE_MAX = math.log(100.0)  # open_clip clamps the learned temperature here
 
 
 class TrainingStopped(RuntimeError):
@@ -116,7 +122,6 @@ def _restarted_by_torchrun() -> bool:
 
 # ------------------------------------------------------------------------------ model
 def _build_model(cfg: TrainConfig, device: torch.device):
-    import smartclip
     model = smartclip.create_model(cfg.model.name, pretrained=cfg.model.pretrained, **cfg.model.options)
     # parameters the objective never uses are frozen, so DDP need not search for unused ones
     uses_mask = cfg.objective == "smartclip" and not cfg.loss.full_mask
@@ -148,7 +153,7 @@ def _resolve_scale(cfg: TrainConfig, model) -> tuple[TrainConfig, str]:
 def _check_eval_specs(cfg: TrainConfig):
     """Build every benchmark once, so a typo or missing data fails before training, not at step N."""
     try:
-        from smartclip.eval import expand_suites, get_benchmark
+        from smartclip.eval import IncompleteBenchmarkError, expand_suites, get_benchmark
     except ImportError as e:
         raise ConfigError(f"eval.specs: periodic evaluation needs smartclip.eval ({e})") from e
     for spec in cfg.eval.specs:
@@ -158,7 +163,9 @@ def _check_eval_specs(cfg: TrainConfig):
                 raise ValueError("no data for " + "; ".join(f"{k} ({v})" for k, v in absent.items()))
             for member, _ in members:
                 get_benchmark(member, root=cfg.eval.root)
-        except Exception as e:  # unknown name, missing folder, bad layout: all configuration errors here
+        # an unknown name (KeyError), a missing folder or file (OSError), a bad layout or argument
+        # (ValueError), missing images: configuration errors. Anything else is a bug and surfaces.
+        except (KeyError, ValueError, OSError, IncompleteBenchmarkError) as e:
             raise ConfigError(f"eval.specs: {spec!r}: {e}") from e
 
 
@@ -193,181 +200,38 @@ def train(cfg: TrainConfig, *, on_step: Optional[Callable[[StepInfo], None]] = N
 
 
 def _train(cfg: TrainConfig, world: WorldInfo, on_step) -> TrainResult:
-    import smartclip
-    from smartclip.data import build_train_data
-
     cfg.train.check_world(world.world_size)
     if cfg.eval.specs:  # on every process: an error on one alone would leave the others waiting
         _check_eval_specs(cfg)
-    run_dir = Path(cfg.run_dir)
-    resume = cfg.resume
-    if resume is None and _restarted_by_torchrun():
-        resume = "latest"
-    resume_from = ckpt.resolve_resume(resume, run_dir)
-    if resume_from is None and ckpt.latest_checkpoint(run_dir) is not None and resume is None:
-        raise ConfigError(f"run_dir={run_dir} already holds checkpoints; pass resume=latest to continue that "
-                          "run, or choose another run_dir")
+    resume_from = _resume_point(cfg)
     device = _device(cfg.train, world)
     torch.manual_seed(cfg.seed)
     model = _build_model(cfg, device)
     cfg, scale_source = _resolve_scale(cfg, model)
-    if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, run_dir / "config.yaml")
-    _barrier()
+    _open_run_dir(cfg, world, resume_from, model)
+    state, step_fn = _build_state(cfg, world, model, device, scale_source)
     if resume_from is not None:
-        from smartclip.checkpoint import read_weights
-        state, _ = read_weights(resume_from)
-        model.load_state_dict(state, strict=True)
-
-    local_batch = cfg.train.global_batch // world.world_size
-    data = build_train_data(cfg.data, preprocess=smartclip.image_transform(model, train=cfg.train.augment),
-                            tokenizer=smartclip.get_tokenizer(model), batch_size=local_batch,
-                            rank=world.rank, world_size=world.world_size, seed=cfg.seed)
-    total_steps = cfg.train.steps if cfg.train.steps is not None else cfg.train.epochs * len(data)
-
-    forward_module = model
-    if world.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-        with warnings.catch_warnings():  # newer torch renames broadcast_buffers; the meaning is the same
-            warnings.simplefilter("ignore", FutureWarning)
-            # the only buffers are constant (the frozen positional table, the causal mask)
-            forward_module = DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
-    scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None
-    loss_fn = build_loss(cfg.objective, cfg.loss)
-    step_fn = ContrastiveStep(model, loss_fn, objective=cfg.objective, full_mask=cfg.loss.full_mask,
-                              micro_batch=cfg.train.micro_batch, forward_module=forward_module,
-                              autocast=_autocast_factory(cfg.train.precision, device), scaler=scaler)
-
-    step, nonfinite_total, nonfinite_row, samples_seen = 0, 0, 0, 0
-    if resume_from is not None:
-        trainer = ckpt.load_trainer_state(resume_from)
-        diffs = resume_differences(trainer["config"], cfg) if cfg.resume_check and "config" in trainer else []
-        if diffs:
-            raise ConfigError(f"resume={resume_from}: the run would not continue the same computation; settings "
-                              "differ from the checkpoint's:\n  " + "\n  ".join(diffs) +
-                              "\nUse the checkpoint's settings (its run directory's config.yaml), or "
-                              "resume_check=false to continue anyway as a different run")
-        if trainer["world_size"] != world.world_size:
-            raise ConfigError(f"resume={resume_from}: written by {trainer['world_size']} process(es), this run has "
-                              f"{world.world_size}; the data order and negatives would differ")
-        optimizer.load_state_dict(trainer["optimizer"])
-        scheduler.load_state_dict(trainer["scheduler"])
-        if scaler is not None and trainer.get("scaler"):
-            scaler.load_state_dict(trainer["scaler"])
-        if trainer.get("loss"):  # the target-fraction variant's multiplier
-            loss_fn.load_state_dict(trainer["loss"])
-        step, samples_seen = trainer["step"], trainer["samples_seen"]
-        nonfinite_total, nonfinite_row = trainer["nonfinite_total"], trainer["nonfinite_in_row"]
-        rank_state = ckpt.load_rank_state(resume_from, world.rank)
-        data.load_state_dict(rank_state["data"])
-        ckpt.set_rng_state(rank_state["rng"])
-
-    monitor = RunMonitor(run_dir, total_steps=total_steps, start_step=step, enabled=world.is_main,
-                         progress=cfg.train.progress, tensorboard=cfg.train.tensorboard)
-    if resume_from is not None:
-        monitor.event(step, "resume", checkpoint=str(resume_from), loss_scale=cfg.loss.scale,
-                      loss_scale_source=scale_source)
-        monitor.message(f"resumed from {resume_from} at step {step}; {_describe_scale(cfg, scale_source)}")
-    else:
-        monitor.event(0, "start", world_size=world.world_size, device=str(device), total_steps=total_steps,
-                      local_batch=local_batch, batches_per_epoch=len(data), loss_scale=cfg.loss.scale,
-                      loss_scale_source=scale_source)
-        monitor.message(_describe_scale(cfg, scale_source))
-
-    def save(at_step: int) -> Path:
-        trainer_state = {"step": at_step, "samples_seen": samples_seen, "world_size": world.world_size,
-                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "scaler": scaler.state_dict() if scaler is not None else {},
-                         "nonfinite_total": nonfinite_total, "nonfinite_in_row": nonfinite_row,
-                         "config": config_to_dict(cfg), "loss": loss_fn.state_dict()}
-        rank_state = {"rng": ckpt.rng_state(), "data": data.state_dict()}
-        extra = {"training": {"step": at_step, "objective": cfg.objective, "run_dir": str(run_dir),
-                              "loss_scale": cfg.loss.scale, "loss_scale_source": scale_source}}
-        path = ckpt.save_training_checkpoint(run_dir, at_step, model=model, trainer_state=trainer_state,
-                                             rank_state=rank_state, rank=world.rank,
-                                             keep_last=cfg.checkpoint.keep_last, extra=extra)
-        monitor.event(at_step, "checkpoint", path=str(path))
-        return path
-
-    last_metrics: Dict[str, float] = {}
-    last_eval: Dict[str, dict] = {}
-    last_ckpt: Optional[Path] = None
-    epoch = data.state_dict()["epoch"]
-    tick, tick_step = time.perf_counter(), step
-    image_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
+        state.restore(resume_from)
+    total_steps = _total_steps(cfg, state.data)
+    monitor = _start_monitor(cfg, world, state, total_steps, device, resume_from)
+    data, image_format = state.data, torch.channels_last if cfg.train.channels_last else torch.preserve_format
+    last_metrics, last_eval, epoch = {}, {}, data.state_dict()["epoch"]
     try:
-        while step < total_steps:
+        while state.step < total_steps:
             data.set_epoch(epoch)
             for batch in data:
-                images = batch["images"].to(device, non_blocking=True,
-                                            memory_format=image_format)
-                tokens = batch["tokens"].to(device, non_blocking=True)
-                image_index = batch["image_index"].to(device, non_blocking=True)
-                optimizer.zero_grad(set_to_none=True)
-                if model.mask_gate == "hard_concrete":  # annealed gates (an opt-in variant)
-                    model.mask_temperature = _gate_temperature(cfg.loss.gate_temperature, step, total_steps)
-                out = step_fn(images, tokens, image_index)
-                if model.mask_gate == "hard_concrete":
-                    out.terms["gate_temperature"] = model.mask_temperature
-                if out.finite:
-                    nonfinite_row = 0
-                    if hasattr(loss_fn, "dual_step"):  # the target-fraction variant's multiplier
-                        loss_fn.dual_step(out.terms["sparsity"])
-                    if cfg.optim.grad_clip is not None:
-                        if scaler is not None:
-                            scaler.unscale_(optimizer)
-                        out.terms["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(
-                            model.parameters(), cfg.optim.grad_clip))
-                    if scaler is not None:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    if model.logit_scale.requires_grad:
-                        with torch.no_grad():
-                            model.logit_scale.clamp_(0, _LOGIT_SCALE_MAX)
-                else:
-                    nonfinite_total += 1
-                    nonfinite_row += 1
-                    optimizer.zero_grad(set_to_none=True)
-                    monitor.event(step + 1, "nonfinite_loss", in_row=nonfinite_row, total=nonfinite_total)
-                    monitor.message(f"step {step + 1}: non-finite loss {out.terms.get('loss')}; step skipped "
-                                    f"({nonfinite_row} in a row, {nonfinite_total} in total)")
-                lrs = {f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups}
-                with warnings.catch_warnings():  # a skipped step still advances the schedule
-                    warnings.simplefilter("ignore", UserWarning)
-                    scheduler.step()
-                step += 1
-                samples_seen += cfg.train.global_batch
-
-                if nonfinite_row >= cfg.train.nonfinite_limit:
-                    path = save(step)
+                out = _step(state, step_fn, batch, device, image_format, total_steps, monitor)
+                if state.nonfinite_in_row >= cfg.train.nonfinite_limit:
+                    path = _save(state, monitor)
                     raise TrainingStopped(
-                        f"stopped at step {step}: {nonfinite_row} non-finite losses in a row "
+                        f"stopped at step {state.step}: {state.nonfinite_in_row} non-finite losses in a row "
                         f"(train.nonfinite_limit={cfg.train.nonfinite_limit}); checkpoint {path}. Lower the "
                         "learning rates, use precision=bf16/fp32, or check the data", path)
-
+                step = state.step
                 if step % cfg.train.log_every == 0 or step == total_steps:
-                    now = time.perf_counter()
-                    elapsed = max(now - tick, 1e-9)
-                    record = {**out.terms, **lrs, "epoch": epoch, "samples_seen": samples_seen,
-                              "steps_per_s": (step - tick_step) / elapsed,
-                              "samples_per_s": (step - tick_step) * cfg.train.global_batch / elapsed,
-                              "nonfinite_skipped": nonfinite_total}
-                    if scaler is not None:
-                        record["loss_scale"] = float(scaler.get_scale())
-                    if device.type == "cuda":
-                        record["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
-                    monitor.train_step(step, record, advance=step - tick_step)
-                    last_metrics = record
-                    tick, tick_step = now, step
-
+                    last_metrics = _record(monitor, state, out, epoch, device)
                 if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0 and step < total_steps:
-                    last_ckpt = save(step)
+                    _save(state, monitor)
                 if cfg.eval.specs and cfg.eval.every_steps and step % cfg.eval.every_steps == 0 \
                         and step < total_steps:
                     last_eval = _eval_step(model, cfg, device, world, monitor, step)
@@ -377,20 +241,147 @@ def _train(cfg: TrainConfig, world: WorldInfo, on_step) -> TrainResult:
                     break
             else:
                 epoch += 1
-        last_ckpt = save(step)
+        last_ckpt = _save(state, monitor)
         if cfg.eval.specs and cfg.eval.at_end:
-            last_eval = _eval_step(model, cfg, device, world, monitor, step)
+            last_eval = _eval_step(model, cfg, device, world, monitor, state.step)
         data_stats = dict(data.stats())
-        monitor.event(step, "end", checkpoint=str(last_ckpt), data=data_stats)
+        monitor.event(state.step, "end", checkpoint=str(last_ckpt), data=data_stats)
     finally:
         monitor.close()
+    _plot(cfg, world)
+    return TrainResult(run_dir=Path(cfg.run_dir), checkpoint=last_ckpt, steps=state.step, metrics=last_metrics,
+                       eval=last_eval, nonfinite_skipped=state.nonfinite_total, data_stats=data_stats)
+
+
+# -------------------------------------------------------------------- the loop's parts
+def _resume_point(cfg: TrainConfig) -> Optional[Path]:
+    """The checkpoint this run continues from, or None; refuses a run directory that holds
+    checkpoints the config does not say to continue."""
+    run_dir = Path(cfg.run_dir)
+    resume = cfg.resume
+    if resume is None and _restarted_by_torchrun():
+        resume = "latest"
+    resume_from = ckpt.resolve_resume(resume, run_dir)
+    if resume_from is None and ckpt.latest_checkpoint(run_dir) is not None and resume is None:
+        raise ConfigError(f"run_dir={run_dir} already holds checkpoints; pass resume=latest to continue that "
+                          "run, or choose another run_dir")
+    return resume_from
+
+
+def _open_run_dir(cfg: TrainConfig, world: WorldInfo, resume_from: Optional[Path], model):
+    """Write the resolved ``config.yaml``; on a resume, load the checkpoint's weights."""
+    if world.is_main:
+        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, Path(cfg.run_dir) / "config.yaml")
+    _barrier()
+    if resume_from is not None:
+        from smartclip.checkpoint import read_weights  # open_clip: imported when a run starts
+        state, _ = read_weights(resume_from)
+        model.load_state_dict(state, strict=True)
+
+
+def _build_state(cfg: TrainConfig, world: WorldInfo, model, device, scale_source: str):
+    """The data, the optimizer and its schedule, the loss and the step: ``(TrainState, step)``."""
+    from smartclip.data import build_train_data  # the data readers: imported when a run starts
+    local_batch = cfg.train.global_batch // world.world_size
+    data = build_train_data(cfg.data, preprocess=smartclip.image_transform(model, train=cfg.train.augment),
+                            tokenizer=smartclip.get_tokenizer(model), batch_size=local_batch,
+                            rank=world.rank, world_size=world.world_size, seed=cfg.seed)
+    forward_module = model
+    if world.world_size > 1:
+        with warnings.catch_warnings():  # newer torch renames broadcast_buffers; the meaning is the same
+            warnings.simplefilter("ignore", FutureWarning)
+            # the only buffers are constant (the frozen positional table, the causal mask)
+            forward_module = DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+    optimizer = build_optimizer(model, cfg.optim)
+    scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None
+    loss_fn = build_loss(cfg.objective, cfg.loss)
+    step_fn = ContrastiveStep(model, loss_fn, objective=cfg.objective, full_mask=cfg.loss.full_mask,
+                              micro_batch=cfg.train.micro_batch, forward_module=forward_module,
+                              autocast=_autocast_factory(cfg.train.precision, device), scaler=scaler)
+    scheduler = build_scheduler(optimizer, cfg.optim, _total_steps(cfg, data))
+    state = ckpt.TrainState(cfg, model, optimizer, scheduler, scaler, loss_fn, data, rank=world.rank,
+                            world_size=world.world_size, scale_source=scale_source)
+    return state, step_fn
+
+
+def _total_steps(cfg: TrainConfig, data) -> int:
+    return cfg.train.steps if cfg.train.steps is not None else cfg.train.epochs * len(data)
+
+
+def _start_monitor(cfg: TrainConfig, world: WorldInfo, state, total_steps: int, device,
+                   resume_from: Optional[Path]) -> RunMonitor:
+    monitor = RunMonitor(Path(cfg.run_dir), total_steps=total_steps, start_step=state.step, enabled=world.is_main,
+                         progress=cfg.train.progress, tensorboard=cfg.train.tensorboard)
+    scale = {"loss_scale": cfg.loss.scale, "loss_scale_source": state.scale_source}
+    if resume_from is not None:
+        monitor.event(state.step, "resume", checkpoint=str(resume_from), **scale)
+        monitor.message(f"resumed from {resume_from} at step {state.step}; "
+                        f"{_describe_scale(cfg, state.scale_source)}")
+    else:
+        monitor.event(0, "start", world_size=world.world_size, device=str(device), total_steps=total_steps,
+                      local_batch=cfg.train.global_batch // world.world_size, batches_per_epoch=len(state.data),
+                      **scale)
+        monitor.message(_describe_scale(cfg, state.scale_source))
+    return monitor
+
+
+def _step(state, step_fn: ContrastiveStep, batch, device, image_format, total_steps: int, monitor) -> StepOutput:
+    """One optimizer step on ``batch`` (skipped when the loss is not finite); advances the
+    schedule and the counters. The returned terms carry the learning rates the step used."""
+    model, optimizer, cfg = state.model, state.optimizer, state.cfg
+    images = batch["images"].to(device, non_blocking=True, memory_format=image_format)
+    tokens = batch["tokens"].to(device, non_blocking=True)
+    image_index = batch["image_index"].to(device, non_blocking=True)
+    optimizer.zero_grad(set_to_none=True)
+    if model.mask_gate == "hard_concrete":  # annealed gates (an opt-in variant)
+        model.mask_temperature = _gate_temperature(cfg.loss.gate_temperature, state.step, total_steps)
+    out = step_fn(images, tokens, image_index)
+    if model.mask_gate == "hard_concrete":
+        out.terms["gate_temperature"] = model.mask_temperature
+    if out.finite:
+        state.nonfinite_in_row = 0
+        step_fn.update(optimizer, out, cfg.optim.grad_clip)
+    else:
+        state.nonfinite_total += 1
+        state.nonfinite_in_row += 1
+        optimizer.zero_grad(set_to_none=True)
+        monitor.event(state.step + 1, "nonfinite_loss", in_row=state.nonfinite_in_row, total=state.nonfinite_total)
+        monitor.message(f"step {state.step + 1}: non-finite loss {out.terms.get('loss')}; step skipped "
+                        f"({state.nonfinite_in_row} in a row, {state.nonfinite_total} in total)")
+    out.terms.update({f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups})
+    with warnings.catch_warnings():  # a skipped step still advances the schedule
+        warnings.simplefilter("ignore", UserWarning)
+        state.scheduler.step()
+    state.step += 1
+    state.samples_seen += cfg.train.global_batch
+    return out
+
+
+def _save(state, monitor: RunMonitor) -> Path:
+    path = state.save()
+    monitor.event(state.step, "checkpoint", path=str(path))
+    return path
+
+
+def _record(monitor: RunMonitor, state, out: StepOutput, epoch: int, device) -> Dict[str, float]:
+    """The training record of this step (loss terms, learning rates, counters, throughput)."""
+    after = {"nonfinite_skipped": state.nonfinite_total}
+    if state.scaler is not None:
+        after["loss_scale"] = float(state.scaler.get_scale())
+    if device.type == "cuda":
+        after["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return monitor.record_step(state.step, {**out.terms, "epoch": epoch, "samples_seen": state.samples_seen},
+                               batch=state.cfg.train.global_batch, after=after)
+
+
+def _plot(cfg: TrainConfig, world: WorldInfo):
     if world.is_main and cfg.train.plots:
         try:
-            plot_metrics(run_dir)
+            plot_metrics(Path(cfg.run_dir))
         except ImportError:
             log.info("matplotlib is not installed; no plots")
-    return TrainResult(run_dir=run_dir, checkpoint=last_ckpt, steps=step, metrics=last_metrics, eval=last_eval,
-                       nonfinite_skipped=nonfinite_total, data_stats=data_stats)
 
 
 def _gate_temperature(schedule, step: int, total_steps: int) -> float:

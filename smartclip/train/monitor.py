@@ -61,6 +61,7 @@ class RunMonitor:
         self._line_seconds = line_seconds
         self._start_time = self._last_line = time.monotonic()
         self._start_step = self._previous_step = start_step
+        self._tick, self._tick_step = time.perf_counter(), start_step  # throughput since the last record
         if not enabled:
             return
         self._truncate_after(start_step)
@@ -89,6 +90,19 @@ class RunMonitor:
             return
         record = {"time": round(time.time(), 3), **record}
         self._file.write(json.dumps(record) + "\n")
+
+    def record_step(self, step: int, values: Dict[str, float], *, batch: int,
+                    after: Optional[Dict[str, float]] = None) -> Dict[str, float]:
+        """Log the training ``values`` of ``step`` with the throughput since the previous record
+        (``steps_per_s``, ``samples_per_s`` at ``batch`` samples a step), then ``after``; returns
+        the record (on every process; only the main one writes it)."""
+        now = time.perf_counter()
+        elapsed = max(now - self._tick, 1e-9)
+        steps = step - self._tick_step
+        record = {**values, "steps_per_s": steps / elapsed, "samples_per_s": steps * batch / elapsed, **(after or {})}
+        self.train_step(step, record, advance=steps)
+        self._tick, self._tick_step = now, step
+        return record
 
     def train_step(self, step: int, values: Dict[str, float], advance: int = 1):
         if not self.enabled:

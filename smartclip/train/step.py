@@ -16,6 +16,7 @@ micro-batch, is deliberately not offered.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
@@ -26,6 +27,8 @@ from torch import nn
 from smartclip.distributed import is_distributed, world_info
 
 __all__ = ["ContrastiveStep", "StepOutput", "build_loss"]
+
+LOGIT_SCALE_MAX = math.log(100.0)  # open_clip clamps the learned temperature here
 
 
 def build_loss(objective: str, loss_cfg) -> nn.Module:
@@ -221,6 +224,26 @@ class ContrastiveStep:
             terms["loss"] = terms["loss"].detach() + structure_sums.pop("structure")
             terms.update(structure_sums)
         return StepOutput(self._summary(terms, mask_probs, text_feats.shape[-1], scale), True)
+
+    # ---------------------------------------------------------------------- update
+    def update(self, optimizer: torch.optim.Optimizer, out: StepOutput, grad_clip: Optional[float] = None):
+        """The optimiser update after a finite step: the target-fraction variant's multiplier,
+        gradient clipping (``grad_clip``; its norm goes into ``out.terms["grad_norm"]``), the
+        AdamW step through the loss scaler, and open_clip's clamp of a learned temperature."""
+        if hasattr(self.loss_fn, "dual_step"):  # the target-fraction variant's multiplier
+            self.loss_fn.dual_step(out.terms["sparsity"])
+        if grad_clip is not None:
+            if self.scaler is not None:
+                self.scaler.unscale_(optimizer)
+            out.terms["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip))
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+        if self.model.logit_scale.requires_grad:
+            with torch.no_grad():
+                self.model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
 
     @staticmethod
     def _scatter_rows(parts: List[torch.Tensor], rows: List[torch.Tensor], n: int) -> torch.Tensor:
