@@ -8,6 +8,7 @@ from typing import List
 
 from .captions import CAPTION_MODES
 from .images import DEFAULT_MAX_IMAGE_PIXELS
+from .readers import parse_image_roots
 
 __all__ = ["DataConfig", "SourceSpec", "parse_sources", "SOURCE_SEPARATOR"]
 
@@ -74,7 +75,6 @@ class DataConfig:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"data.{key}={value!r}; expected an integer >= {low}")
-        from .readers import parse_image_roots
         parse_image_roots(self.image_roots)
         parse_sources(self.train)
 

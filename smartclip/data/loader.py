@@ -2,43 +2,21 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict
 
-from .config import DataConfig, SourceSpec
+from .config import DataConfig
 from .errors import BadInputStats, DataError
-from .readers import SHAREGPT4V_EVAL_SIZE, read_csv, scan_sharegpt4v
-from .records import RecordTable
+from .mapstyle import MapStyleBackend
+from .sources import scan_map_source
+from .streaming import StreamingBackend
 
-__all__ = ["TrainData", "build_train_data", "scan_map_source"]
+__all__ = ["TrainData", "build_train_data"]
 
 log = logging.getLogger("smartclip.data")
 
 # The running bad fraction is only checked once this many records were read on a rank, so a
 # few bad images among the first batches do not stop a run whose overall fraction is fine.
 MIN_RECORDS_FOR_RUNTIME_CHECK = 512
-
-
-def read_map_source(src: SourceSpec, cfg: DataConfig) -> Tuple[list, list]:
-    """``(good records, bad events)`` of one CSV or ShareGPT4V json source, as configured."""
-    path = src.files[0]
-    if src.kind == "csv":
-        return read_csv(path, image_key=cfg.csv_image_key, caption_key=cfg.csv_caption_key,
-                        separator=cfg.csv_separator or None, check_files=cfg.check_files)
-    start = SHAREGPT4V_EVAL_SIZE if cfg.exclude_sharegpt4v_eval else 0
-    return scan_sharegpt4v(path, cfg.image_roots, check_files=cfg.check_files, start=start)
-
-
-def scan_map_source(src: SourceSpec, cfg: DataConfig) -> Tuple[RecordTable, list, int]:
-    """``(table of good records, bad events, records scanned)`` of one CSV or json source."""
-    path = src.files[0]
-    good, bad = read_map_source(src, cfg)
-    if src.kind == "sharegpt4v" and cfg.exclude_sharegpt4v_eval:
-        log.info("%s: records [:%d] (ShareGPT4V-1k) held out of training (data.exclude_sharegpt4v_eval)",
-                 path, SHAREGPT4V_EVAL_SIZE)
-    if not good:
-        raise DataError(f"{path}: no usable records ({len(bad)} bad"
-                        + (f"; first: {bad[0][1]}: {bad[0][0]} ({bad[0][2]})" if bad else "") + ")")
-    return RecordTable(path, good), bad, len(good) + len(bad)
 
 
 class TrainData:
@@ -125,7 +103,6 @@ def build_train_data(cfg: DataConfig, *, preprocess: Callable, tokenizer, batch_
                   max_pixels=cfg.max_image_pixels, samples_per_epoch=cfg.samples_per_epoch,
                   num_workers=cfg.num_workers, pin_memory=cfg.pin_memory)
     if all(s.kind != "wds" for s in sources):
-        from .mapstyle import MapStyleBackend
         tables = []
         for src in sources:
             table, bad, scanned = scan_map_source(src, cfg)
@@ -135,7 +112,6 @@ def build_train_data(cfg: DataConfig, *, preprocess: Callable, tokenizer, batch_
         scan_stats.check(f"{cfg.train}: ")
         backend = MapStyleBackend(tables, [s.weight for s in sources], **common)
     else:
-        from .streaming import StreamingBackend
         backend = StreamingBackend(sources, cfg, scan_stats=scan_stats, **common)
     if backend.num_batches == 0:
         raise DataError(f"{cfg.train}: too few samples for one batch of {batch_size} on each of {world_size} "

@@ -38,6 +38,7 @@ from .plan import sample_seed, source_quotas
 from .records import RecordTable
 from .samples import Sample, collate_samples, make_sample
 from .shards import IMAGE_EXTENSIONS, iter_shard, scan_shard, shard_caption
+from .sources import scan_map_source
 
 __all__ = ["StreamingBackend", "round_robin_consumed"]
 
@@ -201,7 +202,6 @@ class StreamingBackend:
     def __init__(self, specs: Sequence[SourceSpec], cfg: DataConfig, *, scan_stats: BadInputStats,
                  preprocess: Callable, tokenizer, batch_size: int, rank: int, world_size: int, seed: int,
                  mode: str, k: int, max_pixels: int, samples_per_epoch: int, num_workers: int, pin_memory: bool):
-        from .loader import scan_map_source
         self.preprocess, self.tokenizer, self.mode, self.k, self.max_pixels = preprocess, tokenizer, mode, k, max_pixels
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
         self.num_workers, self.pin_memory, self.shuffle_buffer = num_workers, pin_memory, cfg.shuffle_buffer
