@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 from .config import DataConfig
 from .errors import BadInputStats, DataError
 from .mapstyle import MapStyleBackend
+from .prepared import check_prepared_recipe, describe_recipe, find_prepared, image_recipe, preprocess_cfg_of
 from .sources import scan_map_source
 from .streaming import StreamingBackend
 
@@ -90,18 +91,38 @@ class TrainData:
 
 
 def build_train_data(cfg: DataConfig, *, preprocess: Callable, tokenizer, batch_size: int, rank: int = 0,
-                     world_size: int = 1, seed: int = 0) -> TrainData:
-    """The batches of rank ``rank`` of ``world_size`` for ``cfg`` (``batch_size`` images per rank)."""
+                     world_size: int = 1, seed: int = 0, preprocess_cfg: Optional[dict] = None) -> TrainData:
+    """The batches of rank ``rank`` of ``world_size`` for ``cfg`` (``batch_size`` images per rank).
+
+    ``preprocess_cfg``: the model's open_clip preprocessing config (``model.preprocess_cfg``);
+    without it, it is read from ``preprocess``'s resize when that is an open_clip eval
+    transform. A folder written by ``smartclip data prepare`` in ``cfg.train`` is checked
+    against it (same image size and interpolation), and ``data.decode: draft`` needs it."""
     cfg.validate()
     if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"batch_size={batch_size}, rank={rank}, world_size={world_size}: need batch_size >= 1 "
                          f"and 0 <= rank < world_size")
     sources = cfg.sources()
+    if preprocess_cfg is None:
+        preprocess_cfg = preprocess_cfg_of(preprocess)
+    for src in sources:
+        folder = find_prepared(src.spec, src.files) if src.kind == "wds" else None
+        if folder:
+            manifest = check_prepared_recipe(folder, preprocess_cfg, cfg.max_bad_fraction)
+            if preprocess_cfg is None:
+                log.warning("data: %s was prepared for %s; the model's preprocessing is unknown here (pass "
+                            "preprocess_cfg), so it was not checked", folder, describe_recipe(manifest["recipe"]["image"]))
+    draft = None
+    if cfg.decode == "draft":
+        if preprocess_cfg is None:
+            raise ValueError("data.decode=draft needs the model's image size: pass preprocess_cfg=model.preprocess_cfg")
+        recipe = image_recipe(preprocess_cfg)
+        draft = (recipe["size"], recipe["resize_mode"])
     scan_stats = BadInputStats(cfg.max_bad_fraction)
     common = dict(preprocess=preprocess, tokenizer=tokenizer, batch_size=batch_size, rank=rank,
                   world_size=world_size, seed=seed, mode=cfg.caption_mode, k=cfg.captions_per_image,
                   max_pixels=cfg.max_image_pixels, samples_per_epoch=cfg.samples_per_epoch,
-                  num_workers=cfg.num_workers, pin_memory=cfg.pin_memory)
+                  num_workers=cfg.num_workers, pin_memory=cfg.pin_memory, draft=draft)
     if all(s.kind != "wds" for s in sources):
         tables = []
         for src in sources:

@@ -223,7 +223,8 @@ def _train(cfg: TrainConfig, world: WorldInfo, on_step) -> TrainResult:
     local_batch = cfg.train.global_batch // world.world_size
     data = build_train_data(cfg.data, preprocess=smartclip.image_transform(model, train=cfg.train.augment),
                             tokenizer=smartclip.get_tokenizer(model), batch_size=local_batch,
-                            rank=world.rank, world_size=world.world_size, seed=cfg.seed)
+                            rank=world.rank, world_size=world.world_size, seed=cfg.seed,
+                            preprocess_cfg=model.preprocess_cfg)
     total_steps = cfg.train.steps if cfg.train.steps is not None else cfg.train.epochs * len(data)
 
     forward_module = model
