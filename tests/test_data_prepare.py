@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2
@@ -234,3 +235,48 @@ def test_sharegpt4v_layout_prepare_then_train_two_steps(tmp_path, monkeypatch, c
     assert code != 0
     assert "64 px bicubic" in capsys.readouterr().err
     assert not (tmp_path / "run2" / "checkpoints").exists()
+
+
+# ------------------------------------------------------------------ data.decode: draft
+
+def test_draft_decode_reduces_jpegs_only_to_twice_the_target(size_classes):
+    from smartclip.data.images import draft_request
+    path, captions = size_classes
+    folder = Path(path).parent / "images"
+    sam = load_image(folder / "sam.jpg", draft=(224, "shortest"))
+    assert sam.size == (1125, 750)                      # 1/2 scale: 1/4 would give 375 < 2 x 224
+    assert min(load_image(folder / "sam_portrait.jpg", draft=(224, "shortest")).size) == 750
+    assert draft_request(2250, 1500, 224, "shortest") == (672, 448)
+    assert draft_request(2250, 1500, 224, "squash") == (448, 448)
+    assert draft_request(2250, 1500, [224, 224], "longest") == (448, 299)
+    for name in ("coco.jpg", "lcs_large.jpg", "small.jpg", "alpha.png"):  # nothing to gain: decoded exactly
+        exact, draft = load_image(folder / name), load_image(folder / name, draft=(224, "shortest"))
+        assert np.array_equal(np.asarray(exact), np.asarray(draft))
+    repairs = []
+    assert load_image(folder / "cmyk.jpg", draft=(100, "shortest"), repairs=repairs).size == (320, 240)
+    assert repairs == ["converted_cmyk"]
+    # a 4x reduction when the target allows it: still at least twice the target
+    assert load_image(folder / "sam.jpg", draft=(150, "shortest")).size == (563, 375)
+
+
+def test_draft_decode_in_the_loader_is_opt_in_and_close(size_classes):
+    path, captions = size_classes
+    pre = micro_cfg(size=224)
+    transform = image_transform_v2(PreprocessCfg(**pre), is_train=False)
+
+    def images(decode, **kw):
+        data = build_train_data(DataConfig(train=path, caption_mode="full", num_workers=0, decode=decode),
+                                preprocess=transform, tokenizer=smartclip.get_tokenizer("smartclip-micro"),
+                                batch_size=3, **kw)
+        return {t: img for b in data for t, img in zip(b["texts"], b["images"])}
+    exact, draft = images("exact"), images("draft", preprocess_cfg=pre)
+    assert images("exact", preprocess_cfg=pre).keys() == exact.keys()
+    differ = {t for t in exact if not torch.equal(exact[t], draft[t])}
+    assert differ == {captions["sam"], captions["sam_portrait"]}  # only the images large enough to reduce
+    std = torch.tensor(pre["std"]).view(3, 1, 1) * 255
+    for t in differ:
+        step = ((exact[t] - draft[t]).abs() * std)
+        assert step.mean() < 1.0 and step.max() < 40  # close, in 0-255 steps
+    assert DataConfig(train=path).decode == "exact"
+    with pytest.raises(ValueError, match="data.decode='fast'"):
+        DataConfig(train=path, decode="fast").validate()

@@ -5,6 +5,7 @@ import io
 import math
 import os
 import warnings
+from fractions import Fraction
 from typing import List, Optional, Sequence, Tuple, Union
 
 from PIL import Image, UnidentifiedImageError
@@ -35,7 +36,7 @@ def draft_request(width: int, height: int, size: Union[int, Sequence[int]], resi
     if resize_mode == "squash":
         return math.ceil(sizes[1] * reducing_gap), math.ceil(sizes[0] * reducing_gap)
     side = min(width, height) if resize_mode == "shortest" else max(width, height)
-    factor = reducing_gap * max(sizes) / side
+    factor = Fraction(reducing_gap).limit_denominator(1000) * max(sizes) / side  # exact: no 448.0000001
     return math.ceil(width * factor), math.ceil(height * factor)
 
 
