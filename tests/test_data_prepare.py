@@ -186,6 +186,12 @@ def test_training_refuses_another_recipe(tmp_path):
     csv_path = make_csv_dataset(tmp_path / "c", 8)
     out = str(tmp_path / "out")
     prepare_dataset(DataConfig(train=csv_path), out, preprocess_cfg=micro_cfg(), shard_size=4, progress=False)
+    # a prepared folder in a weighted mix with its own source: 16 samples, a third from the csv
+    micro = smartclip.create_model("smartclip-micro")
+    mixed = build_train_data(DataConfig(train=f"{csv_path}@1::{out}@2", num_workers=0, caption_mode="first"),
+                             preprocess=smartclip.image_transform(micro), tokenizer=smartclip.get_tokenizer(micro),
+                             batch_size=4, preprocess_cfg=micro.preprocess_cfg)
+    assert len(mixed) == 4 and sum(len(b["texts"]) for b in mixed) == 16
     tiny = smartclip.create_model("smartclip-tiny")
     with pytest.raises(DataError) as err:
         build_train_data(DataConfig(train=f"{csv_path}@1::{out}@2", num_workers=0),
