@@ -32,11 +32,15 @@ import tarfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
+import torch
+from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
+from torchvision.transforms import CenterCrop, Resize
 
+from .. import __version__
 from ..fileio import atomic_write_json, sha256_file
 from ..tokenizer import Tokenizer
 from .config import DataConfig
@@ -74,7 +78,6 @@ def _source_files(cfg: DataConfig) -> List[dict]:
 def prepared_recipe(cfg: DataConfig, preprocess_cfg: dict, *, context_length: int, shard_size: int,
                     store: str, image_format: str) -> dict:
     """Everything that decides the samples of a prepared folder (compared on every rerun)."""
-    from .. import __version__
     return {"layout": LAYOUT_VERSION, "image": image_recipe(preprocess_cfg), "store": store,
             "image_format": image_format, "shard_size": shard_size, "context_length": context_length,
             "sources": _source_files(cfg),
@@ -144,7 +147,6 @@ _W: dict = {}  # per-process state: the plan, the resize, the tokenizer, the set
 
 
 def _init_worker(state: dict):
-    import torch
     torch.set_num_threads(1)
     _W.clear()
     _W.update(state)
@@ -321,8 +323,6 @@ def _pil_steps(preprocess_cfg: dict, store: str) -> List[Callable]:
     """The PIL-level steps of the model's eval transform that ``prepare`` applies before storing:
     its resize (and, for ``store="crop"``, its centre crop). Only transforms that give back an
     image unchanged when it already has their output size qualify."""
-    from open_clip.transform import PreprocessCfg, image_transform_v2
-    from torchvision.transforms import CenterCrop, Resize
     compose = image_transform_v2(PreprocessCfg(**preprocess_cfg), is_train=False)
     steps = list(compose.transforms)
     if not isinstance(steps[0], Resize):

@@ -6,6 +6,8 @@ import json
 import os
 from typing import List, Optional, Sequence
 
+from torchvision.transforms import Resize
+
 from ..fileio import sha256_file
 from .errors import DataError
 
@@ -85,7 +87,6 @@ def verify_prepared(folder: str) -> List[str]:
 def preprocess_cfg_of(preprocess) -> Optional[dict]:
     """The size / interpolation / resize mode of an open_clip eval transform (its first
     ``Resize``), or ``None`` when ``preprocess`` has none (then pass ``preprocess_cfg``)."""
-    from torchvision.transforms import Resize
     for t in getattr(preprocess, "transforms", ()):
         if isinstance(t, Resize):
             size = t.size
