@@ -111,10 +111,11 @@ def test_rerun_finished_other_settings_and_unfinished(tmp_path, capsys):
     csv_path = make_csv_dataset(tmp_path / "c", 10)
     out = str(tmp_path / "out")
     args = ["data", "prepare", csv_path, "--out", out, "--model", "smartclip-micro", "--workers", "1",
-            "--shard-size", "4", "--quiet"]
+            "--shard-size", "4"]
     assert main(args) == 0
-    printed = capsys.readouterr().out
-    assert "10 samples in 3 shard(s)" in printed and "MiB per 1,000 samples" in printed
+    captured = capsys.readouterr()
+    assert "10 samples in 3 shard(s)" in captured.out and "MiB per 1,000 samples" in captured.out
+    assert "prepare: 10/10 records (100.0%)" in captured.err and "ETA" in captured.err  # progress, not a tty
     before = {p.name: p.stat().st_mtime_ns for p in Path(out).iterdir()}
     assert main(args) == 0
     assert "already prepared: 10 samples in 3 shard(s)" in capsys.readouterr().out
