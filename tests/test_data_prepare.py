@@ -127,6 +127,9 @@ def test_rerun_finished_other_settings_and_unfinished(tmp_path, capsys):
     # a changed source is another setting too
     os.utime(csv_path, (1, 1))
     assert main(args) == 2 and "sources" in capsys.readouterr().err
+    # a prepared folder is not a source: its images are already resized
+    assert main(["data", "prepare", out, "--out", str(tmp_path / "again"), "--model", "smartclip-micro"]) == 2
+    assert "is itself a prepared folder" in capsys.readouterr().err
     # a folder that is not a prepare folder is not written into
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "x.txt").write_text("x")

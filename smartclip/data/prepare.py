@@ -46,7 +46,7 @@ from ..tokenizer import Tokenizer
 from .config import DataConfig
 from .errors import ALL_KINDS, REPAIRED_KINDS, SKIPPED_KINDS, BadCaption, BadImage, DataError
 from .images import load_image
-from .prepared import MANIFEST, STATE_DIR, describe_recipe, image_recipe, read_manifest
+from .prepared import MANIFEST, STATE_DIR, describe_recipe, find_prepared, image_recipe, read_manifest
 from .records import RecordTable
 from .shards import IMAGE_EXTENSIONS, index_shard, read_sample, shard_caption
 from .sources import read_map_source
@@ -351,6 +351,11 @@ def prepare_dataset(cfg: DataConfig, out: str, *, preprocess_cfg: dict, context_
         raise ValueError(f"image format {image_format!r}; expected one of {', '.join(IMAGE_FORMATS)}")
     if shard_size < 1 or workers < 1:
         raise ValueError(f"shard_size={shard_size}, workers={workers}; both must be >= 1")
+    for spec in cfg.sources():
+        folder = find_prepared(spec.spec, spec.files) if spec.kind == "wds" else None
+        if folder:
+            raise DataError(f"{folder} is itself a prepared folder (its images are already resized); "
+                            f"prepare from the original images instead")
     steps = _pil_steps(preprocess_cfg, store)
     recipe = prepared_recipe(cfg, preprocess_cfg, context_length=context_length, shard_size=shard_size,
                              store=store, image_format=image_format)
