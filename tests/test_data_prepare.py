@@ -149,13 +149,13 @@ def _run_prepare(source, out, workers=2, shard_size=3):
 def test_sigkill_then_rerun_writes_the_same_samples(tmp_path):
     from PIL import Image
     from data_fixtures import _photo
-    # 24 photos of 1500 x 1000: each takes some milliseconds, so the kill lands mid-run.
+    # 40 photos of 1500 x 1000: each takes some milliseconds, so the kill lands mid-run.
     (tmp_path / "d" / "images").mkdir(parents=True)
     with open(tmp_path / "d" / "pairs.csv", "w") as f:
         f.write("filepath,title\n")
-        for i in range(24):
-            Image.fromarray(__import__("numpy").roll(__import__("numpy").asarray(_photo(i, (1500, 1000))), i * 7, 1)) \
-                .save(tmp_path / "d" / "images" / f"{i}.jpg", quality=90)
+        for i in range(40):
+            img = Image.fromarray(np.roll(np.asarray(_photo(i, (1500, 1000))), i * 7, 1))
+            img.save(tmp_path / "d" / "images" / f"{i}.jpg", quality=90)
             f.write(f"images/{i}.jpg,Image {i} of the set. Second sentence.\n")
     source = str(tmp_path / "d" / "pairs.csv")
     whole = tmp_path / "whole"
@@ -181,7 +181,7 @@ def test_sigkill_then_rerun_writes_the_same_samples(tmp_path):
     assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
     assert not list(killed.glob("*.tmp"))
     a, b = (json.loads((d / "manifest.json").read_text()) for d in (whole, killed))
-    assert a["shards"] == b["shards"] and a["counts"] == b["counts"] and a["written"] == 24
+    assert a["shards"] == b["shards"] and a["counts"] == b["counts"] and a["written"] == 40
     for shard in a["shards"]:
         assert (whole / shard["name"]).read_bytes() == (killed / shard["name"]).read_bytes()
 
