@@ -290,3 +290,11 @@ def test_draft_decode_in_the_loader_is_opt_in_and_close(size_classes):
     assert DataConfig(train=path).decode == "exact"
     with pytest.raises(ValueError, match="data.decode='fast'"):
         DataConfig(train=path, decode="fast").validate()
+
+
+def test_resize_modes_that_cannot_be_stored_exactly_are_refused(tmp_path):
+    csv_path = make_csv_dataset(tmp_path / "c", 2)
+    for pre in (micro_cfg(resize_mode="longest"), micro_cfg(size=[32, 48])):
+        with pytest.raises(DataError, match="not idempotent"):
+            prepare_dataset(DataConfig(train=csv_path), str(tmp_path / "out"), preprocess_cfg=pre, progress=False)
+    assert not (tmp_path / "out").exists()
