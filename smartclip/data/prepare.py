@@ -256,6 +256,7 @@ class PrepareResult:
     already_done: bool          # a finished folder: nothing was written
     shards_written: int
     seconds: float
+    samples_written: int = 0    # by this run (a resumed run writes only the missing shards)
 
     def summary(self) -> str:
         m = self.manifest
@@ -270,8 +271,7 @@ class PrepareResult:
             for k in kinds:
                 if m["counts"][k]:
                     lines.append(f"  {title:<8} {k:<20} {m['counts'][k]:>8}")
-        rate = m["written"] and self.shards_written and (
-            sum(s["samples"] for s in m["shards"][-self.shards_written:]) / max(self.seconds, 1e-9))
+        rate = self.samples_written / max(self.seconds, 1e-9)
         lines.append(f"{self.shards_written} shard(s) written in {self.seconds:.1f} s"
                      + (f" ({rate:.0f} samples/s)" if rate else "") + f"; {os.path.join(self.folder, MANIFEST)}")
         if not m["ok"]:
@@ -433,4 +433,4 @@ def prepare_dataset(cfg: DataConfig, out: str, *, preprocess_cfg: dict, context_
     if written == 0:
         raise DataError(f"{cfg.train}: no usable records to prepare ({plan.records} read, {bad} bad)")
     atomic_write_json(os.path.join(out, MANIFEST), manifest, indent=1)
-    return PrepareResult(out, manifest, False, len(todo), seconds)
+    return PrepareResult(out, manifest, False, len(todo), seconds, sum(markers[s]["samples"] for s in todo))
