@@ -19,7 +19,7 @@ import struct
 import tarfile
 import zlib
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 from PIL import Image
@@ -92,13 +92,14 @@ def _sharegpt4v_record(i: int, image: str, caption) -> dict:
 
 def make_sharegpt4v_dataset(directory, n: int, *, eval_records: int = 0, sources=("coco", "sam")) -> str:
     """A ShareGPT4V json with ``eval_records`` + ``n`` records; images split between source folders
-    ``coco/train2017/`` and ``sam/images/`` (configure roots with ``image_roots``). Record ``j``
+    ``coco/train2017/`` and ``sam/images/`` (and ``llava/llava_pretrain/images/`` when ``sources`` names
+    ``llava``; configure roots with ``image_roots``). Record ``j``
     uses image / caption ``j``. Captions contain newlines, as ShareGPT4V's do."""
     directory = Path(directory)
     records = []
     for j in range(eval_records + n):
         src = sources[j % len(sources)]
-        sub = {"coco": "train2017", "sam": "images"}.get(src, "images")
+        sub = {"coco": "train2017", "sam": "images", "llava": "llava_pretrain/images"}.get(src, "images")
         fname = f"{src}{j:05d}.jpg" if j % 2 == 0 else f"{src}{j:05d}.png"
         _save(image_for(j), directory / src / sub / fname, "JPEG" if j % 2 == 0 else "PNG")
         records.append(_sharegpt4v_record(j, f"{src}/{sub}/{fname}", caption_for(j).replace(". Sentence 3", ".\nSentence 3")))
@@ -312,3 +313,64 @@ def make_bad_wds_shards(directory, n_good: int = 8, per_shard: int = 6):
                     _tar_add(tar, f"s{i:05d}.{ext}", data)
     return str(out / f"{{0000..{n_shards - 1:04d}}}.tar"), _expected(n_good, include_missing_file=False,
                                                                       extra_missing_field=2)
+
+
+# ShareGPT4V's image mix (issue 19): SAM photos at 1,500 px on the shorter side, LLaVA LCS-558K
+# around 336-600 px, COCO 640 x 480; plus sizes that round differently and one below the model's size.
+SIZE_CLASSES = {"sam": (2250, 1500), "sam_portrait": (1500, 2250), "lcs_square": (336, 336), "lcs_large": (600, 500),
+                "lcs_odd": (500, 333), "coco": (640, 480), "coco_portrait": (480, 640), "small": (100, 75)}
+# Every colour repair the loader makes, each on a COCO-size image.
+COLOUR_CASES = ("cmyk", "palette_transparency", "palette", "alpha", "la", "grey", "grey16")
+
+
+def _photo(i: int, size) -> Image.Image:
+    from skimage import data as photos
+    names = ["astronaut", "coffee", "chelsea", "rocket"]
+    arr = getattr(photos, names[i % len(names)])()
+    return Image.fromarray(arr).convert("RGB").resize(size, Image.BICUBIC)
+
+
+def _colour_case(case: str, base: Image.Image) -> Tuple[Image.Image, str]:
+    if case == "cmyk":
+        return base.convert("CMYK"), "JPEG"
+    if case == "palette":
+        return base.convert("P"), "PNG"
+    if case == "palette_transparency":
+        img = base.convert("P")
+        img.info["transparency"] = 0
+        return img, "PNG"
+    if case in ("alpha", "la"):
+        img = base.convert("RGBA" if case == "alpha" else "LA")
+        alpha = Image.linear_gradient("L").resize(base.size)
+        img.putalpha(alpha)
+        return img, "PNG"
+    if case == "grey":
+        return base.convert("L"), "JPEG"
+    arr = (np.asarray(base.convert("L"), dtype=np.uint16) * 257 // 3 + 1000).astype(np.uint16)  # 16-bit grey
+    return Image.fromarray(arr), "PNG"
+
+
+def make_size_class_dataset(directory) -> Tuple[str, Dict[str, str]]:
+    """A CSV whose images cover every size class in ``SIZE_CLASSES`` (JPEG, quality 90) and every
+    colour repair in ``COLOUR_CASES``. Returns ``(csv path, {case: caption})``; each caption starts
+    with ``"Case NAME."``."""
+    directory = Path(directory)
+    (directory / "images").mkdir(parents=True, exist_ok=True)
+    rows, captions = [], {}
+    for i, (case, size) in enumerate(SIZE_CLASSES.items()):
+        name = f"images/{case}.jpg"
+        _photo(i, size).save(directory / name, quality=90)
+        rows.append((name, case))
+    for i, case in enumerate(COLOUR_CASES):
+        img, fmt = _colour_case(case, _photo(i, (640, 480)))
+        name = f"images/{case}.{'jpg' if fmt == 'JPEG' else 'png'}"
+        img.save(directory / name, format=fmt)
+        rows.append((name, case))
+    path = directory / "sizes.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["filepath", "title"])
+        for name, case in rows:
+            captions[case] = f"Case {case}. A photo stored at its original size. It has two sentences."
+            w.writerow([name, captions[case]])
+    return str(path), captions

@@ -199,3 +199,33 @@ def test_cli_data_check(tmp_path, capsys):
     assert "4 records, 4 usable, 0 skipped" in capsys.readouterr().out
     assert main(["data", "check", str(tmp_path / "missing.csv")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_data_package_imports_run_one_way():
+    """No import cycle inside smartclip.data, counting imports inside functions too (issue 20)."""
+    import ast
+    from pathlib import Path
+    folder = Path(__file__).resolve().parents[1] / "smartclip" / "data"
+    graph = {}
+    for path in folder.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module:
+                    deps.add(node.module.split(".")[0])
+                else:
+                    deps.update(a.name for a in node.names)
+        graph[path.stem] = deps & {p.stem for p in folder.glob("*.py")}
+    assert graph["streaming"] and "loader" not in graph["streaming"]
+    state = {}
+
+    def visit(m, stack):
+        state[m] = "open"
+        for d in sorted(graph[m]):
+            assert state.get(d) != "open", f"import cycle: {' -> '.join(stack + [m, d])}"
+            if d not in state:
+                visit(d, stack + [m])
+        state[m] = "done"
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])

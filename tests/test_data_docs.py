@@ -40,3 +40,23 @@ def test_data_check_example_prints_what_the_page_says(capsys):
     args = shlex.split(command)[1:]
     assert main(args) == 0
     assert capsys.readouterr().out == printed
+
+
+def test_prepare_example_prints_what_the_page_says(capsys):
+    import shutil
+    from smartclip.cli import main
+    plain = _blocks("")
+    command = next(b for b in plain if b.startswith("smartclip data prepare"))
+    printed = plain[plain.index(command) + 1]
+    test_python_example_runs(capsys)  # makes the files the command reads
+    args = shlex.split(command)[1:]
+    out = args[args.index("--out") + 1]
+    shutil.rmtree(out, ignore_errors=True)
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == printed.strip()
+    assert lines[-1].endswith(f"{out}/manifest.json")
+    assert main(args) == 0  # a rerun over the finished folder
+    assert "is already prepared: 4 samples in 1 shard(s)" in capsys.readouterr().out
+    assert main(["data", "check", out, "--workers", "1"]) == 0
+    assert "1 shard(s) match manifest.json (sha256)" in capsys.readouterr().out

@@ -170,8 +170,8 @@ def test_weighted_mix_with_shards(micro, tmp_path):
 
 
 def test_sharegpt4v_held_out_records_never_trained_on(micro, tmp_path, monkeypatch):
-    import smartclip.data.loader as loader
-    monkeypatch.setattr(loader, "SHAREGPT4V_EVAL_SIZE", 4)  # the real split is 1000 records
+    import smartclip.data.sources as sources
+    monkeypatch.setattr(sources, "SHAREGPT4V_EVAL_SIZE", 4)  # the real split is 1000 records
     path = make_sharegpt4v_dataset(tmp_path, 8, eval_records=4)
     data = build(micro, batch_size=2, train=path, caption_mode="first")
     assert sorted(epoch_ids(data)) == list(range(4, 12))

@@ -8,6 +8,8 @@
         for batch in data: ...   # images [B,3,H,W], tokens [B*k,248], image_index [B*k], texts
 
 See docs/data.md for formats, the source-mixing syntax, and how bad input is handled.
+``smartclip.data.prepare.prepare_dataset`` (``smartclip data prepare``) decodes and resizes a
+dataset once into shards that train to the same tensors, much faster.
 """
 from .errors import DataError, BadImage, BadCaption, BadInputStats, SKIPPED_KINDS, REPAIRED_KINDS, ALL_KINDS
 from .images import load_image, DEFAULT_MAX_IMAGE_PIXELS

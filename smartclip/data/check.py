@@ -17,6 +17,7 @@ from .config import DataConfig
 from .errors import ALL_KINDS, REPAIRED_KINDS, SKIPPED_KINDS, BadCaption, BadImage
 from .images import load_image
 from .shards import IMAGE_EXTENSIONS, iter_shard, scan_shard, shard_caption
+from .sources import read_map_source
 
 __all__ = ["CheckReport", "check_dataset"]
 
@@ -126,7 +127,6 @@ def _check_shard(job) -> Tuple[int, List[str], List[Event]]:
 def check_dataset(cfg, *, workers: Optional[int] = None, context_length: int = 248, limit: int = 0) -> CheckReport:
     """Check every record of ``cfg`` (a ``DataConfig`` or a ``data.train`` string).
     ``limit`` > 0 checks only records numbered below ``limit`` in each CSV / json source."""
-    from .loader import read_map_source
     if isinstance(cfg, str):
         cfg = DataConfig(train=cfg)
     cfg.validate()

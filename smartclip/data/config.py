@@ -9,7 +9,8 @@ from typing import List
 from smartclip.configlib import check_types
 
 from .captions import CAPTION_MODES
-from .images import DEFAULT_MAX_IMAGE_PIXELS
+from .images import DECODE_MODES, DEFAULT_MAX_IMAGE_PIXELS
+from .readers import parse_image_roots
 
 __all__ = ["DataConfig", "SourceSpec", "parse_sources", "SOURCE_SEPARATOR"]
 
@@ -44,6 +45,7 @@ class DataConfig:
     check_files: bool = True              # stat every image file up front (missing / empty files)
     max_bad_fraction: float = 0.01        # more skipped records than this fraction stops the run
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # decompression-bomb guard
+    decode: str = "exact"                 # exact | draft (JPEG DCT-domain reduction, reducing gap 2; not bit-exact)
     samples_per_epoch: int = 0            # 0 = total size of all sources; weights split it
     shuffle_buffer: int = 1000            # WebDataset shards: samples shuffled within this window
     num_workers: int = 4                  # DataLoader worker processes per rank
@@ -70,6 +72,8 @@ class DataConfig:
             raise ValueError("data.csv_image_key and data.csv_caption_key name the same column")
         if self.csv_separator not in ("", ",", "\t", ";", "|"):
             raise ValueError(f"data.csv_separator={self.csv_separator!r}; expected '' (by extension), ',', '\\t', ';' or '|'")
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"data.decode={self.decode!r} is not valid; use one of {', '.join(DECODE_MODES)}")
         if not (0.0 <= float(self.max_bad_fraction) <= 1.0):
             raise ValueError(f"data.max_bad_fraction={self.max_bad_fraction}; expected a fraction in [0, 1]")
         for key, low in (("max_image_pixels", 1), ("samples_per_epoch", 0), ("shuffle_buffer", 1),
@@ -77,7 +81,6 @@ class DataConfig:
             value = getattr(self, key)
             if value < low:
                 raise ValueError(f"data.{key}={value!r}; expected an integer >= {low}")
-        from .readers import parse_image_roots
         parse_image_roots(self.image_roots)
         parse_sources(self.train)
 

@@ -2,43 +2,22 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional
 
-from .config import DataConfig, SourceSpec
+from .config import DataConfig
 from .errors import BadInputStats, DataError
-from .readers import SHAREGPT4V_EVAL_SIZE, read_csv, scan_sharegpt4v
-from .records import RecordTable
+from .mapstyle import MapStyleBackend
+from .prepared import check_prepared_recipe, describe_recipe, find_prepared, image_recipe, preprocess_cfg_of
+from .sources import scan_map_source
+from .streaming import StreamingBackend
 
-__all__ = ["TrainData", "build_train_data", "scan_map_source"]
+__all__ = ["TrainData", "build_train_data"]
 
 log = logging.getLogger("smartclip.data")
 
 # The running bad fraction is only checked once this many records were read on a rank, so a
 # few bad images among the first batches do not stop a run whose overall fraction is fine.
 MIN_RECORDS_FOR_RUNTIME_CHECK = 512
-
-
-def read_map_source(src: SourceSpec, cfg: DataConfig) -> Tuple[list, list]:
-    """``(good records, bad events)`` of one CSV or ShareGPT4V json source, as configured."""
-    path = src.files[0]
-    if src.kind == "csv":
-        return read_csv(path, image_key=cfg.csv_image_key, caption_key=cfg.csv_caption_key,
-                        separator=cfg.csv_separator or None, check_files=cfg.check_files)
-    start = SHAREGPT4V_EVAL_SIZE if cfg.exclude_sharegpt4v_eval else 0
-    return scan_sharegpt4v(path, cfg.image_roots, check_files=cfg.check_files, start=start)
-
-
-def scan_map_source(src: SourceSpec, cfg: DataConfig) -> Tuple[RecordTable, list, int]:
-    """``(table of good records, bad events, records scanned)`` of one CSV or json source."""
-    path = src.files[0]
-    good, bad = read_map_source(src, cfg)
-    if src.kind == "sharegpt4v" and cfg.exclude_sharegpt4v_eval:
-        log.info("%s: records [:%d] (ShareGPT4V-1k) held out of training (data.exclude_sharegpt4v_eval)",
-                 path, SHAREGPT4V_EVAL_SIZE)
-    if not good:
-        raise DataError(f"{path}: no usable records ({len(bad)} bad"
-                        + (f"; first: {bad[0][1]}: {bad[0][0]} ({bad[0][2]})" if bad else "") + ")")
-    return RecordTable(path, good), bad, len(good) + len(bad)
 
 
 class TrainData:
@@ -112,20 +91,39 @@ class TrainData:
 
 
 def build_train_data(cfg: DataConfig, *, preprocess: Callable, tokenizer, batch_size: int, rank: int = 0,
-                     world_size: int = 1, seed: int = 0) -> TrainData:
-    """The batches of rank ``rank`` of ``world_size`` for ``cfg`` (``batch_size`` images per rank)."""
+                     world_size: int = 1, seed: int = 0, preprocess_cfg: Optional[dict] = None) -> TrainData:
+    """The batches of rank ``rank`` of ``world_size`` for ``cfg`` (``batch_size`` images per rank).
+
+    ``preprocess_cfg``: the model's open_clip preprocessing config (``model.preprocess_cfg``);
+    without it, it is read from ``preprocess``'s resize when that is an open_clip eval
+    transform. A folder written by ``smartclip data prepare`` in ``cfg.train`` is checked
+    against it (same image size and interpolation), and ``data.decode: draft`` needs it."""
     cfg.validate()
     if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"batch_size={batch_size}, rank={rank}, world_size={world_size}: need batch_size >= 1 "
                          f"and 0 <= rank < world_size")
     sources = cfg.sources()
+    if preprocess_cfg is None:
+        preprocess_cfg = preprocess_cfg_of(preprocess)
+    for src in sources:
+        folder = find_prepared(src.spec, src.files) if src.kind == "wds" else None
+        if folder:
+            manifest = check_prepared_recipe(folder, preprocess_cfg, cfg.max_bad_fraction)
+            if preprocess_cfg is None:
+                log.warning("data: %s was prepared for %s; the model's preprocessing is unknown here (pass "
+                            "preprocess_cfg), so it was not checked", folder, describe_recipe(manifest["recipe"]["image"]))
+    draft = None
+    if cfg.decode == "draft":
+        if preprocess_cfg is None:
+            raise ValueError("data.decode=draft needs the model's image size: pass preprocess_cfg=model.preprocess_cfg")
+        recipe = image_recipe(preprocess_cfg)
+        draft = (recipe["size"], recipe["resize_mode"])
     scan_stats = BadInputStats(cfg.max_bad_fraction)
     common = dict(preprocess=preprocess, tokenizer=tokenizer, batch_size=batch_size, rank=rank,
                   world_size=world_size, seed=seed, mode=cfg.caption_mode, k=cfg.captions_per_image,
                   max_pixels=cfg.max_image_pixels, samples_per_epoch=cfg.samples_per_epoch,
-                  num_workers=cfg.num_workers, pin_memory=cfg.pin_memory)
+                  num_workers=cfg.num_workers, pin_memory=cfg.pin_memory, draft=draft)
     if all(s.kind != "wds" for s in sources):
-        from .mapstyle import MapStyleBackend
         tables = []
         for src in sources:
             table, bad, scanned = scan_map_source(src, cfg)
@@ -135,7 +133,6 @@ def build_train_data(cfg: DataConfig, *, preprocess: Callable, tokenizer, batch_
         scan_stats.check(f"{cfg.train}: ")
         backend = MapStyleBackend(tables, [s.weight for s in sources], **common)
     else:
-        from .streaming import StreamingBackend
         backend = StreamingBackend(sources, cfg, scan_stats=scan_stats, **common)
     if backend.num_batches == 0:
         raise DataError(f"{cfg.train}: too few samples for one batch of {batch_size} on each of {world_size} "

@@ -30,8 +30,9 @@ class _RecordDataset(Dataset):
     """``dataset[(epoch, position, global_id)]`` -> ``Sample``; positions index the epoch plan."""
 
     def __init__(self, tables: Sequence[RecordTable], preprocess: Callable, *, mode: str, k: int,
-                 seed: int, max_pixels: int):
+                 seed: int, max_pixels: int, draft=None):
         self.tables = list(tables)
+        self.draft = draft
         self.offsets = np.cumsum([0] + [len(t) for t in self.tables]).astype(np.int64)
         self.preprocess, self.mode, self.k, self.seed, self.max_pixels = preprocess, mode, k, seed, max_pixels
 
@@ -51,7 +52,7 @@ class _RecordDataset(Dataset):
             try:
                 sample = make_sample(rec.image, rec.caption, rec.where, preprocess=self.preprocess,
                                      mode=self.mode, k=self.k, seed=sample_seed(self.seed, epoch, position),
-                                     max_pixels=self.max_pixels)
+                                     max_pixels=self.max_pixels, draft=self.draft)
             except BadImage as e:
                 # Only the record at this plan position is counted; a substitute that fails too
                 # is counted where its own position comes, so every occurrence counts once.
@@ -76,8 +77,9 @@ class MapStyleBackend:
 
     def __init__(self, tables: Sequence[RecordTable], weights: Sequence[float], *, preprocess: Callable,
                  tokenizer, batch_size: int, rank: int, world_size: int, seed: int, mode: str, k: int,
-                 max_pixels: int, samples_per_epoch: int, num_workers: int, pin_memory: bool):
-        self.dataset = _RecordDataset(tables, preprocess, mode=mode, k=k, seed=seed, max_pixels=max_pixels)
+                 max_pixels: int, samples_per_epoch: int, num_workers: int, pin_memory: bool, draft=None):
+        self.dataset = _RecordDataset(tables, preprocess, mode=mode, k=k, seed=seed, max_pixels=max_pixels,
+                                      draft=draft)
         self.sizes = [len(t) for t in tables]
         self.weights = list(weights)
         self.tokenizer = tokenizer

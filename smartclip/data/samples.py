@@ -28,12 +28,12 @@ class Sample:
 
 
 def make_sample(image_source, caption: str, where: str, *, preprocess: Callable, mode: str, k: int,
-                seed: int, max_pixels: int, name: Optional[str] = None) -> Sample:
+                seed: int, max_pixels: int, name: Optional[str] = None, draft=None) -> Sample:
     """Raises ``BadImage``; repairs are returned as events. ``seed`` fixes both the caption draw
     and any random augmentation in ``preprocess``, so a sample is the same whichever worker
-    decodes it."""
+    decodes it. ``draft``: ``(size, resize_mode)`` for ``data.decode: draft`` (see ``load_image``)."""
     repairs: List[str] = []
-    img = load_image(image_source, name=name, max_pixels=max_pixels, repairs=repairs)
+    img = load_image(image_source, name=name, max_pixels=max_pixels, repairs=repairs, draft=draft)
     with torch.random.fork_rng(devices=[]):
         # The CPU generator only: torch.manual_seed would also queue CUDA seeding (~1 ms each).
         torch.default_generator.manual_seed(seed)

@@ -16,7 +16,7 @@ from typing import Dict, Iterator, List, Tuple
 from .captions import clean_caption
 from .errors import BadCaption, DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "scan_shard", "iter_shard", "shard_caption"]
+__all__ = ["IMAGE_EXTENSIONS", "scan_shard", "index_shard", "read_sample", "iter_shard", "shard_caption"]
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
 CAPTION_EXTENSIONS = ("txt", "json")
@@ -74,6 +74,37 @@ def scan_shard(path: str) -> Tuple[int, List[Event]]:
     finally:
         tar.close()
     return complete, events
+
+
+def index_shard(path: str) -> Tuple[List[Tuple[str, Dict[str, Tuple[int, int]]]], List[Event]]:
+    """Like ``scan_shard``, but also where each complete sample's members lie:
+    ``([(key, {extension: (data offset, size)})], events for incomplete samples)``.
+    Only headers are read; ``read_sample`` fetches a sample's bytes from the offsets."""
+    tar = _open(path, streaming=False)
+    try:
+        members = ((m.name, (m.offset_data, m.size)) for m in tar if m.isfile())
+        samples, events = [], []
+        for key, group in _groups(members):
+            problem = _problem(group)
+            if problem:
+                events.append(("missing_field", f"{path} sample {key}", problem))
+            else:
+                samples.append((key, group))
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DataError(f"{path}: tar shard is damaged ({e})") from None
+    finally:
+        tar.close()
+    return samples, events
+
+
+def read_sample(f, members: Dict[str, Tuple[int, int]]) -> Dict[str, bytes]:
+    """The bytes of one sample's members from an open (uncompressed) tar file ``f``, given the
+    offsets ``index_shard`` found."""
+    out = {}
+    for ext, (offset, size) in members.items():
+        f.seek(offset)
+        out[ext] = f.read(size)
+    return out
 
 
 def iter_shard(path: str) -> Iterator[Tuple[str, Dict[str, bytes]]]:

@@ -38,6 +38,7 @@ from .plan import sample_seed, source_quotas
 from .records import RecordTable
 from .samples import Sample, collate_samples, make_sample
 from .shards import IMAGE_EXTENSIONS, iter_shard, scan_shard, shard_caption
+from .sources import scan_map_source
 
 __all__ = ["StreamingBackend", "round_robin_consumed"]
 
@@ -141,13 +142,13 @@ class _ReaderStream(IterableDataset):
         if raw[0] == "record":
             rec = raw[1]
             return make_sample(rec.image, rec.caption, rec.where, preprocess=b.preprocess, mode=b.mode, k=b.k,
-                               seed=seed, max_pixels=b.max_pixels)
+                               seed=seed, max_pixels=b.max_pixels, draft=b.draft)
         _, shard, key, group = raw
         where = f"{shard} sample {key}"
         caption = shard_caption(group)
         ext = next(e for e in group if e in IMAGE_EXTENSIONS)
         return make_sample(group[ext], caption, where, preprocess=b.preprocess, mode=b.mode, k=b.k, seed=seed,
-                           max_pixels=b.max_pixels, name=f"{where}.{ext}")
+                           max_pixels=b.max_pixels, name=f"{where}.{ext}", draft=b.draft)
 
     def __iter__(self):
         b = self.b
@@ -200,8 +201,9 @@ class StreamingBackend:
 
     def __init__(self, specs: Sequence[SourceSpec], cfg: DataConfig, *, scan_stats: BadInputStats,
                  preprocess: Callable, tokenizer, batch_size: int, rank: int, world_size: int, seed: int,
-                 mode: str, k: int, max_pixels: int, samples_per_epoch: int, num_workers: int, pin_memory: bool):
-        from .loader import scan_map_source
+                 mode: str, k: int, max_pixels: int, samples_per_epoch: int, num_workers: int, pin_memory: bool,
+                 draft=None):
+        self.draft = draft
         self.preprocess, self.tokenizer, self.mode, self.k, self.max_pixels = preprocess, tokenizer, mode, k, max_pixels
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
         self.num_workers, self.pin_memory, self.shuffle_buffer = num_workers, pin_memory, cfg.shuffle_buffer

@@ -286,7 +286,8 @@ def _build_state(cfg: TrainConfig, world: WorldInfo, model, device, scale_source
     local_batch = cfg.train.global_batch // world.world_size
     data = build_train_data(cfg.data, preprocess=smartclip.image_transform(model, train=cfg.train.augment),
                             tokenizer=smartclip.get_tokenizer(model), batch_size=local_batch,
-                            rank=world.rank, world_size=world.world_size, seed=cfg.seed)
+                            rank=world.rank, world_size=world.world_size, seed=cfg.seed,
+                            preprocess_cfg=model.preprocess_cfg)
     forward_module = model
     if world.world_size > 1:
         with warnings.catch_warnings():  # newer torch renames broadcast_buffers; the meaning is the same
