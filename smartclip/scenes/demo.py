@@ -340,7 +340,7 @@ def build_base(out_dir, recipe: Optional[BaseRecipe] = None, *, model: Optional[
         scores = bench.run(trained, tokenizer=smartclip.get_tokenizer(trained), batch_size=128, progress=False,
                            preprocess=smartclip.image_transform(trained))
         trained.model_name = "demo-base"
-        smartclip.save_checkpoint(trained.half(), out)
+        smartclip.save_checkpoint(trained.half(), out, overwrite=True)  # --build-base rebuilds
     finally:
         torch.set_num_threads(previous_threads)
     record = {"sha256": file_sha256(out / WEIGHTS_NAME), "recipe": dataclasses.asdict(recipe), "model": model,
