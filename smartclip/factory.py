@@ -339,17 +339,9 @@ def create_model(name: str, pretrained: Optional[str] = None, *, device="cpu", p
         model = _load_path(name, options)
     elif pretrained is None:
         model = build_model(get_model_config(name), options, model_name=name)
-    elif os.path.exists(pretrained):
-        model_cfg, opts = get_model_config(name), model_options(options)
-        if detect_format(pretrained) == "open_clip" and not is_torchscript(pretrained):
-            clip = CLIP(**copy.deepcopy(model_cfg))
-            open_clip.load_checkpoint(clip, pretrained, strict=True)  # also converts third-party layouts
-            model = SmartCLIP(clip, **opts, model_name=name, model_cfg=model_cfg, mask_trained=False)
-        else:  # ours, a released SmartCLIP / Long-CLIP file, or a TorchScript CLIP: into this architecture
-            model = load_into_config(pretrained, model_cfg, opts, model_name=name)
     elif get_pretrained(name, pretrained) is not None:
         model = _load_released(get_pretrained(name, pretrained), options, cache_dir)
-    else:  # an open_clip tag (resolve_model checked it)
+    elif open_clip_tag(name, pretrained):
         tag_cfg = open_clip_tag(name, pretrained)
         model_cfg = get_model_config(name)
         if tag_cfg.get("quick_gelu"):
@@ -359,6 +351,14 @@ def create_model(name: str, pretrained: Optional[str] = None, *, device="cpu", p
         preprocess_cfg = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
         model = SmartCLIP(clip, **model_options(options), model_name=f"{name}:{pretrained}", model_cfg=model_cfg,
                           preprocess_cfg=preprocess_cfg, mask_trained=False)
+    else:  # a file for this architecture (resolve_model checked that it exists)
+        model_cfg, opts = get_model_config(name), model_options(options)
+        if detect_format(pretrained) == "open_clip" and not is_torchscript(pretrained):
+            clip = CLIP(**copy.deepcopy(model_cfg))
+            open_clip.load_checkpoint(clip, pretrained, strict=True)  # also converts third-party layouts
+            model = SmartCLIP(clip, **opts, model_name=name, model_cfg=model_cfg, mask_trained=False)
+        else:  # ours, a released SmartCLIP / Long-CLIP file, or a TorchScript CLIP: into this architecture
+            model = load_into_config(pretrained, model_cfg, opts, model_name=name)
     return model.to(device=device, dtype=_dtype(precision))
 
 

@@ -129,7 +129,8 @@ _reachable: Dict[str, bool] = {}
 
 
 def _offline_env() -> bool:
-    return any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE",
+    """HF_HUB_OFFLINE as set now, or as huggingface_hub read it when it was imported."""
+    return hub_constants.HF_HUB_OFFLINE or any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE",
                                                                                        "TRANSFORMERS_OFFLINE"))
 
 
@@ -139,7 +140,7 @@ def hub_reachable(timeout: Optional[float] = None) -> bool:
     3; the name look-up included). Probed once per process and host."""
     if _offline_env():
         return False
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    endpoint = os.environ.get("HF_ENDPOINT") or hub_constants.ENDPOINT
     if endpoint in _reachable:
         return _reachable[endpoint]
     timeout = float(os.environ.get("SMARTCLIP_HUB_TIMEOUT", 3)) if timeout is None else timeout
@@ -179,9 +180,10 @@ def hub_file(repo: str, filename: str, *, what: str, local_hint: str, cache_dir=
     online = hub_reachable()
     try:
         return hf_hub_download(repo, filename, revision=revision, cache_dir=_cache_dir(cache_dir),
-                               local_files_only=not online)
+                               local_files_only=not online, endpoint=os.environ.get("HF_ENDPOINT") or None)
     except HUB_ERRORS as e:
-        url = f"https://huggingface.co/{repo}/blob/{revision or 'main'}/{filename}"
+        endpoint = os.environ.get("HF_ENDPOINT") or hub_constants.ENDPOINT
+        url = f"{endpoint.rstrip('/')}/{repo}/blob/{revision or 'main'}/{filename}"
         if online:
             why = type(e).__name__
         else:
