@@ -20,6 +20,7 @@ import socket
 import threading
 import urllib.error
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -136,8 +137,9 @@ def _offline_env() -> bool:
 
 def hub_reachable(timeout: Optional[float] = None) -> bool:
     """Whether downloads can be tried: not when ``HF_HUB_OFFLINE=1``, nor when a TCP connection
-    to the hub's host does not open within ``timeout`` seconds (``SMARTCLIP_HUB_TIMEOUT``, default
-    3; the name look-up included). Probed once per process and host."""
+    to the hub's host (or to the proxy, when one is set for it) does not open within ``timeout``
+    seconds (``SMARTCLIP_HUB_TIMEOUT``, default 3; the name look-up included). Probed once per
+    process and endpoint."""
     if _offline_env():
         return False
     endpoint = os.environ.get("HF_ENDPOINT") or hub_constants.ENDPOINT
@@ -145,6 +147,9 @@ def hub_reachable(timeout: Optional[float] = None) -> bool:
         return _reachable[endpoint]
     timeout = float(os.environ.get("SMARTCLIP_HUB_TIMEOUT", 3)) if timeout is None else timeout
     parts = urllib.parse.urlsplit(endpoint)
+    proxy = urllib.request.getproxies().get(parts.scheme) or urllib.request.getproxies().get("all")
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")  # the proxy is what we reach
     host, port = parts.hostname or "huggingface.co", parts.port or (443 if parts.scheme == "https" else 80)
     result: List[bool] = []
 

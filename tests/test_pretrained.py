@@ -165,6 +165,21 @@ def test_unreachable_hub_is_detected_once_without_retries(spec, hub_cache, monke
     assert pretrained._reachable == {"http://127.0.0.1:9": False}  # probed once, remembered
 
 
+@pytest.mark.parametrize("offline", [True, False])
+def test_eval_command_offline_is_one_line_without_retries(offline, hub_cache, monkeypatch, capfd):
+    """`smartclip eval --model ViT-L-14:openai` with no network: one line, not a minute of retries."""
+    if not offline:
+        _online(monkeypatch)
+        monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+        monkeypatch.setenv("SMARTCLIP_HUB_TIMEOUT", "0.5")
+    assert cli(["eval", "--model", "ViT-L-14:openai", "--benchmarks", "coco"]) == 2
+    out, err = capfd.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("smartclip eval: error: ViT-L-14:openai:"), err
+    assert ("HF_HUB_OFFLINE=1" if offline else "the hub cannot be reached") in lines[0]
+    assert "Retrying" not in out + err
+
+
 def test_uncached_hf_hub_repository_is_one_line(hub_cache):
     with pytest.raises(ModelNotFoundError) as info:
         smartclip.load("hf-hub:someone/some-model")
