@@ -39,7 +39,7 @@ from .tokenizer import Tokenizer
 
 __all__ = ["create_model", "load", "load_checkpoint", "list_models", "get_model_config", "build_model",
            "image_transform", "get_tokenizer", "resolve_model", "context_length_for", "find_checkpoint",
-           "missing_path_message", "DEFAULT_OPTIONS", "HF_HUB_PREFIX"]
+           "missing_path_message", "find_spec_config", "DEFAULT_OPTIONS", "HF_HUB_PREFIX"]
 
 log = logging.getLogger(__name__)
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -269,8 +269,9 @@ def _hub_folder(spec: str, weights: bool, cache_dir=None) -> Path:
     return config.parent
 
 
-def find_spec_config(spec: str) -> Tuple[dict, dict, str]:
-    """``(model_cfg, options, name)`` of a model as users write it, without its weights."""
+def find_spec_config(spec: str) -> Tuple[dict, Optional[dict], str]:
+    """``(model_cfg, options, name)`` of a model as users write it, without its weights;
+    ``options`` is ``None`` for a bare architecture name (they are the caller's choice)."""
     name, pretrained = resolve_model(spec)
     if os.path.isfile(os.path.join(name, SMARTCLIP_HF_NAME)):
         info = json.loads(Path(name, SMARTCLIP_HF_NAME).read_text())
@@ -281,16 +282,19 @@ def find_spec_config(spec: str) -> Tuple[dict, dict, str]:
     entry = get_pretrained(name, pretrained) if pretrained else None
     if entry is not None:
         return {**get_model_config(entry.architecture), **entry.model_cfg}, model_options(entry.options), entry.name
-    return get_model_config(name), model_options(), spec
+    return get_model_config(name), None, spec
 
 
 def context_length_for(name: Optional[str] = None, keep: int = DEFAULT_OPTIONS["keep"],
                        ratio: int = DEFAULT_OPTIONS["ratio"]) -> int:
-    """Context length the SmartCLIP model ``name`` (a name, tag, path or ``hf-hub:``) has."""
+    """Context length the SmartCLIP model ``name`` (a name, tag, path or ``hf-hub:``) has;
+    ``keep`` / ``ratio`` apply to a bare architecture name (a checkpoint or tag has its own)."""
     if name is None:
         return stretched_length(77, keep, ratio)
     model_cfg, options, _ = find_spec_config(name)
-    return stretched_length(model_cfg["text_cfg"].get("context_length", 77), options["keep"], options["ratio"])
+    if options is not None:
+        keep, ratio = options["keep"], options["ratio"]
+    return stretched_length(model_cfg["text_cfg"].get("context_length", 77), keep, ratio)
 
 
 # ------------------------------------------------------------------------------------ building

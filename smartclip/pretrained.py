@@ -22,7 +22,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import huggingface_hub.constants as hub_constants
@@ -131,8 +130,8 @@ _reachable: Dict[str, bool] = {}
 
 def _offline_env() -> bool:
     """HF_HUB_OFFLINE as set now, or as huggingface_hub read it when it was imported."""
-    return hub_constants.HF_HUB_OFFLINE or any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE",
-                                                                                       "TRANSFORMERS_OFFLINE"))
+    return hub_constants.HF_HUB_OFFLINE or any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
+                                               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def hub_reachable(timeout: Optional[float] = None) -> bool:
@@ -208,10 +207,13 @@ def open_clip_weights(architecture: str, tag: str, cfg: dict, cache_dir=None) ->
         repo, filename = os.path.split(cfg["hf_hub"])
         filename = filename or "open_clip_pytorch_model.bin"
         hint = f"pass the file as {architecture}:/path/to/{filename}"
-        safe = str(Path(filename).with_suffix(".safetensors")).replace("open_clip_pytorch_model", "open_clip_model")
-        if safe != filename:
+        if filename == "open_clip_pytorch_model.bin":  # the alternatives open_clip itself tries first
+            safe = ["open_clip_model.safetensors"]
+        else:
+            safe = [filename[:-4] + ".safetensors"] if filename.endswith((".bin", ".pth")) else []
+        for alternative in safe:
             try:
-                return hub_file(repo, safe, what=name, local_hint=hint, cache_dir=cache_dir)
+                return hub_file(repo, alternative, what=name, local_hint=hint, cache_dir=cache_dir)
             except ModelNotFoundError:
                 pass  # no safetensors copy: the file itself below
         return hub_file(repo, filename, what=name, local_hint=hint, cache_dir=cache_dir)
