@@ -34,7 +34,7 @@ from .checkpoint import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, ModelNotFou
                          is_torchscript, load_checkpoint as load_checkpoint_file, load_into_config, read_config)
 from .hf import MASK_NET_NAME, SMARTCLIP_HF_NAME, load_hf
 from .model import DEFAULT_OPTIONS, SmartCLIP, build_model, model_options, stretched_length
-from .pretrained import get_pretrained, hub_file, open_clip_tag, open_clip_weights, tags_of
+from .pretrained import RELEASED, get_pretrained, hub_file, open_clip_tag, open_clip_weights, tags_of
 from .tokenizer import Tokenizer
 
 __all__ = ["create_model", "load", "load_checkpoint", "list_models", "get_model_config", "build_model",
@@ -259,6 +259,10 @@ def _hub_folder(spec: str, weights: bool, cache_dir=None) -> Path:
         try:
             config = fetch(SMARTCLIP_HF_NAME)
         except ModelNotFoundError:
+            tags = [p.name for p in RELEASED.values() if p.hf_hub == repo]
+            if tags:  # a repository of released .pt files: those are loaded by their tags
+                raise ModelNotFoundError(f"{spec} holds released .pt files, not a smartclip checkpoint folder; load "
+                                         f"them by tag: {', '.join(tags)}") from ours
             raise ModelNotFoundError(f"{ours} ({repo} holds neither {CONFIG_NAME}, a smartclip checkpoint, nor "
                                      f"{SMARTCLIP_HF_NAME}, an HF export, as far as this machine can tell)") from ours
         info = json.loads(config.read_text())

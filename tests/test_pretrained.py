@@ -187,6 +187,12 @@ def test_uncached_hf_hub_repository_is_one_line(hub_cache):
     assert "someone/some-model" in text and "smartclip_config.json" in text and "smartclip_hf.json" in text, text
 
 
+def test_hf_hub_of_a_released_repository_names_its_tags(hub_cache):
+    with pytest.raises(ModelNotFoundError) as info:
+        smartclip.load("hf-hub:Shaoan/SmartCLIP")
+    assert "load them by tag: ViT-B-16:smartclip, ViT-L-14:smartclip" in _one_line(info)
+
+
 def test_malformed_hf_hub_spec(hub_cache):
     with pytest.raises(ModelNotFoundError, match="expected hf-hub:ORG/NAME"):
         smartclip.load("hf-hub:no-org")
