@@ -361,7 +361,12 @@ def create_model(name: str, pretrained: Optional[str] = None, *, device="cpu", p
                           preprocess_cfg=preprocess_cfg, mask_trained=False)
     else:  # a file for this architecture (resolve_model checked that it exists)
         model_cfg, opts = get_model_config(name), model_options(options)
-        if detect_format(pretrained) == "open_clip" and not is_torchscript(pretrained):
+        kind = detect_format(pretrained)
+        if kind == "released" and not model_cfg.get("quick_gelu"):
+            log.warning("%s: a released SmartCLIP / Long-CLIP file uses QuickGELU, but %s is built with GELU as "
+                        "named; use %s-quickgelu, a registered tag (smartclip models --pretrained) or the file alone",
+                        pretrained, name, name)
+        if kind == "open_clip" and not is_torchscript(pretrained):
             clip = CLIP(**copy.deepcopy(model_cfg))
             open_clip.load_checkpoint(clip, pretrained, strict=True)  # also converts third-party layouts
             model = SmartCLIP(clip, **opts, model_name=name, model_cfg=model_cfg, mask_trained=False)
