@@ -124,7 +124,7 @@ def main(argv=None) -> int:
         write_fixture(data, args.images)
     torch.manual_seed(0)
     model = smartclip.create_model(args.model).eval()
-    checkpoint = smartclip.save_checkpoint(model, work / "model")
+    checkpoint = smartclip.save_checkpoint(model, work / "model", overwrite=True)  # --work is reused
     export = smartclip.export(model, work / "open_clip", format="open_clip")
 
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),

@@ -1,10 +1,8 @@
 """smartclip: SmartCLIP (CVPR 2025) on open_clip.
 
     import smartclip
-    model = smartclip.create_model("ViT-B-16", pretrained="openai")
-    tokenizer = smartclip.get_tokenizer(model)          # 248 tokens, truncation counted
-    preprocess = smartclip.image_transform(model)
-    mask = model.text_mask(tokenizer(["a bear holding a pen"]))
+    model, preprocess, tokenizer = smartclip.load("ViT-L-14:smartclip")   # the authors' weights
+    mask = model.text_mask(tokenizer(["a bear holding a pen"]))       # 248 tokens, truncation counted
 
 The names below are imported on first use: torch and open_clip take seconds to import,
 and ``smartclip --help`` (a sub-package) should not wait for them.
@@ -18,15 +16,18 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _EXPORTS = {
     "SmartCLIP": "model", "MaskNetwork": "model", "stretch_positional_embedding": "model",
-    "straight_through_mask": "model",
-    "Tokenizer": "tokenizer", "get_tokenizer": "tokenizer",
-    "create_model": "factory", "list_models": "factory", "get_model_config": "factory", "build_model": "factory",
-    "image_transform": "factory", "resolve_model": "factory",
-    "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "export": "checkpoint",
-    "state_dict_hash": "checkpoint", "CheckpointError": "checkpoint", "ModelNotFoundError": "checkpoint",
+    "straight_through_mask": "model", "build_model": "model",
+    "Tokenizer": "tokenizer",
+    "create_model": "factory", "list_models": "factory", "get_model_config": "factory", "load": "factory",
+    "image_transform": "factory", "resolve_model": "factory", "get_tokenizer": "factory",
+    "load_checkpoint": "factory",
+    "list_pretrained": "pretrained",
+    "save_checkpoint": "checkpoint", "state_dict_hash": "checkpoint", "CheckpointError": "checkpoint",
+    "ModelNotFoundError": "checkpoint",
+    "export": "exporting",
 }
 
-__all__ = [*_EXPORTS, "loss", "load"]
+__all__ = [*_EXPORTS, "loss"]
 
 
 def __getattr__(name):
@@ -42,29 +43,3 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(set(globals()) | set(__all__))
-
-
-def load(path_or_name: str, device="cpu", **options):
-    """``(model, preprocess, tokenizer)`` for one of our checkpoints, a released SmartCLIP /
-    Long-CLIP file, a folder written by ``export(..., format="hf")``, or a model name
-    (``"ViT-B-16"``; ``"ViT-B-16:openai"`` for an open_clip tag, ``"ViT-B-16:/path/weights.bin"``
-    for a local open_clip weights file).
-
-    A spec that names nothing loadable raises :class:`ModelNotFoundError` saying what is wrong:
-    a path that does not exist, a training run folder (with its latest checkpoint), a folder
-    without a checkpoint, an unknown name (with the closest ones), weights that cannot be
-    downloaded."""
-    import os
-
-    from .factory import create_model, image_transform, resolve_model
-    from .hf import SMARTCLIP_HF_NAME
-    from .tokenizer import get_tokenizer
-
-    name, pretrained = resolve_model(path_or_name)
-    if pretrained is None and os.path.isfile(os.path.join(name, SMARTCLIP_HF_NAME)):
-        from .hf import load_hf
-        model = load_hf(name, device=device)
-    else:
-        model = create_model(name, pretrained=pretrained, device=device, **options)
-    model.eval()
-    return model, image_transform(model, train=False), get_tokenizer(model)

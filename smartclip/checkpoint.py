@@ -1,5 +1,8 @@
-"""Checkpoints: our format (safetensors + JSON), the authors' released ``.pt`` files, and
-export to open_clip.
+"""Checkpoint file formats: our format (safetensors + JSON), the authors' released ``.pt``
+files (SPEC 8), and ordinary OpenAI-layout CLIP files (state dicts, TorchScript archives).
+
+This module knows files only: which names and paths mean what is :mod:`smartclip.factory`'s
+business, export to other libraries is :mod:`smartclip.exporting`'s.
 
 Our format is a directory::
 
@@ -8,13 +11,10 @@ Our format is a directory::
 """
 from __future__ import annotations
 
-import copy
-import difflib
 import hashlib
 import json
 import logging
 import os
-import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -24,13 +24,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .hf import SMARTCLIP_HF_NAME
-from .model import SmartCLIP, stretch_positional_embedding
+from .fileio import atomic_write_json, set_default_file_mode, sha256_file
+from .model import DEFAULT_OPTIONS, SmartCLIP, build_model, stretch_positional_embedding, stretched_length
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_config", "read_weights", "detect_format",
-           "load_weights_checked", "infer_config_from_state_dict", "export", "state_dict_hash",
-           "stretch_to_model", "is_torchscript", "find_checkpoint", "missing_path_message", "save_tensors",
-           "set_default_file_mode",
+           "load_weights_checked", "infer_config_from_state_dict", "state_dict_hash", "is_our_checkpoint",
+           "stretch_to_model", "is_torchscript", "save_tensors", "load_into_config",
            "CheckpointError", "ModelNotFoundError", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 log = logging.getLogger(__name__)
@@ -51,96 +50,6 @@ class ModelNotFoundError(CheckpointError):
     line that says which, and what to pass instead."""
 
 
-# ------------------------------------------------------------------------ finding a checkpoint
-_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
-_STEP_NAME = re.compile(r"step_(\d+)$")
-
-
-def _listing(folder: Path, limit: int = 5) -> str:
-    try:
-        entries = sorted(os.listdir(folder))
-    except OSError:
-        return ""
-    return ", ".join(entries[:limit]) + (f", ... ({len(entries)} entries)" if len(entries) > limit else "")
-
-
-def missing_path_message(path) -> str:
-    """One line about a path that does not exist: the part that is missing, and what its
-    deepest existing folder holds (the closest names first)."""
-    shown, path = str(path), Path(path)
-    missing, anchor = path, path.parent
-    while not anchor.exists() and anchor != anchor.parent:
-        missing, anchor = anchor, anchor.parent
-    text = f"{shown} does not exist" + (f" (nor does {missing})" if missing != path else "")
-    where = f"the current folder ({Path.cwd()})" if str(anchor) in ("", ".") else str(anchor)
-    try:
-        entries = sorted(os.listdir(anchor))
-    except OSError:
-        return text
-    close = difflib.get_close_matches(missing.name, entries, n=3, cutoff=0.5)
-    if close:
-        return text + f"; did you mean {', '.join(str(anchor / c) for c in close)}?"
-    return text + (f"; {where} holds {_listing(anchor)}" if entries else f"; {where} is empty")
-
-
-def _checkpoints_below(folder: Path):
-    """Our checkpoint folders one or two levels below ``folder`` (a run folder holds
-    ``checkpoints/step_N``), latest last: by step number, then modification time."""
-    found = {p.parent for pattern in (f"*/{CONFIG_NAME}", f"*/*/{CONFIG_NAME}") for p in folder.glob(pattern)}
-
-    def order(p: Path):
-        m = _STEP_NAME.match(p.name)
-        return (int(m.group(1)) if m else -1, p.stat().st_mtime)
-    return sorted(found, key=order)
-
-
-def find_checkpoint(path) -> Path:
-    """``path`` when it is a checkpoint ``smartclip.load`` reads (a file, one of our folders, a
-    Hugging Face export); otherwise :class:`ModelNotFoundError` saying what it is instead: a
-    path that does not exist, a training run folder (naming its latest checkpoint) or a folder
-    without a checkpoint (naming the weight files in it, if any)."""
-    path = Path(path)
-    if not path.exists():
-        raise ModelNotFoundError(missing_path_message(path))
-    if path.is_file() or (path / CONFIG_NAME).is_file() or (path / SMARTCLIP_HF_NAME).is_file():
-        return path
-    is_run = (path / "config.yaml").is_file() and (path / "metrics.jsonl").is_file()
-    found = _checkpoints_below(path)
-    if found:
-        kind = "a training run folder" if is_run else f"a folder of {len(found)} checkpoint(s)"
-        raise ModelNotFoundError(f"{path} is {kind}, not a checkpoint; its latest checkpoint is {found[-1]}: "
-                                 "pass that")
-    if is_run:
-        raise ModelNotFoundError(f"{path} is a training run folder without a checkpoint yet (one is written every "
-                                 "checkpoint.every_steps steps and at the end)")
-    weights = sorted(p.name for p in path.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
-    if weights:
-        raise ModelNotFoundError(f"{path} is a folder, not a checkpoint (no {CONFIG_NAME}); to load a weights file "
-                                 f"in it, pass the file: {', '.join(str(path / w) for w in weights[:3])}")
-    listing = _listing(path)
-    raise ModelNotFoundError(f"{path} is a folder without a checkpoint: no {CONFIG_NAME} (smartclip's format), "
-                             f"no Hugging Face export, no .pt/.bin/.safetensors file"
-                             + (f" (it holds {listing})" if listing else " (it is empty)"))
-
-
-# ------------------------------------------------------------------------------ writing files
-def _file_mode() -> int:
-    """The mode ``open()`` gives a new file: 0o666 less the process umask."""
-    try:  # Linux says it without changing it
-        with open("/proc/self/status") as f:
-            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError):
-        umask = os.umask(0o022)
-        os.umask(umask)
-    return 0o666 & ~umask
-
-
-def set_default_file_mode(path):
-    """Give ``path`` the mode every other file the project writes gets. safetensors (also
-    inside transformers' ``save_pretrained``) creates its files readable by their owner only."""
-    os.chmod(path, _file_mode())
-
-
 def save_tensors(tensors: Dict[str, torch.Tensor], path, metadata: Optional[dict] = None) -> Path:
     """safetensors' ``save_file``, the file with the usual mode (see :func:`set_default_file_mode`)."""
     save_file(tensors, str(path), metadata=metadata)
@@ -149,30 +58,41 @@ def save_tensors(tensors: Dict[str, torch.Tensor], path, metadata: Optional[dict
 
 
 # ------------------------------------------------------------------------------ our format
-def save_checkpoint(model: SmartCLIP, path, extra: Optional[dict] = None) -> Path:
+def save_checkpoint(model: SmartCLIP, path, extra: Optional[dict] = None, *, overwrite: bool = False) -> Path:
     """Write ``model`` to the directory ``path`` (created). Files are written to temporary
-    names and renamed, so a reader never sees half a checkpoint."""
+    names and renamed, so a reader never sees half a checkpoint. A folder that already holds a
+    checkpoint is refused (``FileExistsError``) unless ``overwrite=True``."""
     path = Path(path)
+    if not overwrite and ((path / CONFIG_NAME).exists() or (path / WEIGHTS_NAME).exists()):
+        raise FileExistsError(f"{path} already holds a checkpoint; pass overwrite=True to replace it, "
+                              "or save to another folder")
+    if model.model_cfg is None:
+        raise CheckpointError("this model has no model_cfg (it was built from a bare CLIP); build it with "
+                              "smartclip.build_model or create_model so a checkpoint can record its architecture")
     path.mkdir(parents=True, exist_ok=True)
     config = {
         "format": "smartclip",
         "format_version": FORMAT_VERSION,
-        "model_name": getattr(model, "model_name", "custom"),
+        "model_name": model.model_name,
         "model_cfg": model.model_cfg,
         "options": model.options,
         "preprocess_cfg": model.preprocess_cfg,
         "context_length": model.context_length,
         "embed_dim": model.embed_dim,
-        "mask_trained": bool(getattr(model, "mask_trained", True)),
+        "mask_trained": model.mask_trained,
         **(extra or {}),
     }
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tmp_weights, tmp_config = path / (WEIGHTS_NAME + ".tmp"), path / (CONFIG_NAME + ".tmp")
+    tmp_weights = path / (WEIGHTS_NAME + ".tmp")
     save_tensors(tensors, tmp_weights, metadata={"format": "smartclip"})
-    tmp_config.write_text(json.dumps(config, indent=2))
-    os.replace(tmp_weights, path / WEIGHTS_NAME)
-    os.replace(tmp_config, path / CONFIG_NAME)
+    tmp_weights.replace(path / WEIGHTS_NAME)
+    atomic_write_json(path / CONFIG_NAME, config)
     return path
+
+
+def is_our_checkpoint(path) -> bool:
+    """Whether ``path`` is one of our checkpoint folders (or the weights file inside one)."""
+    return _our_dir(Path(path)) is not None
 
 
 def _our_dir(path: Path) -> Optional[Path]:
@@ -266,13 +186,12 @@ def _count_blocks(state, prefix: str) -> int:
 
 
 def _infer_stretch(context: int, base: int = 77) -> Tuple[int, int]:
-    if context == base:  # an ordinary CLIP: stretched to 248 when loaded (see load_checkpoint)
-        return 20, 4
-    if context == 20 + 4 * (base - 20):
-        return 20, 4
+    default = DEFAULT_OPTIONS["keep"], DEFAULT_OPTIONS["ratio"]
+    if context == base or context == stretched_length(base, *default):
+        return default  # an ordinary CLIP is stretched to 248 when loaded (see load_checkpoint)
     for ratio in range(2, 9):
         for keep in range(0, base - 1):
-            if keep + ratio * (base - keep) == context:
+            if stretched_length(base, keep, ratio) == context:
                 return keep, ratio
     raise CheckpointError(f"cannot explain a context of {context} positions as a stretch of {base}")
 
@@ -301,7 +220,7 @@ def infer_config_from_state_dict(state: Dict[str, torch.Tensor], source: str = "
                      "layers": _count_blocks(state, "transformer.resblocks.")},
     }
     return {"format": "released", "model_name": f"released:{Path(source).name}", "model_cfg": model_cfg,
-            "options": {"keep": keep, "ratio": ratio, "soft_mask": False, "mask_padding": False},
+            "options": {**DEFAULT_OPTIONS, "keep": keep, "ratio": ratio},
             "preprocess_cfg": None, "mask_trained": any(k.startswith("mask_net.") for k in state)}
 
 
@@ -344,22 +263,28 @@ def load_weights_checked(model: SmartCLIP, state: Dict[str, torch.Tensor], sourc
 
 
 def load_checkpoint(path, **options) -> SmartCLIP:
-    """Load one of our checkpoints, a released SmartCLIP / Long-CLIP ``.pt`` file, or an
-    ordinary OpenAI-layout CLIP file (its 77 positions stretched; TorchScript archives such
-    as OpenAI's originals too): architecture inferred from the tensors, fp16 converted to
-    fp32, ``weights_only`` unpickling."""
-    from .factory import build_model
-
+    """Load a checkpoint file or folder: one of ours, a released SmartCLIP / Long-CLIP ``.pt``
+    file, or an ordinary OpenAI-layout CLIP file (its 77 positions stretched; TorchScript
+    archives such as OpenAI's originals too). The architecture of a file that is not ours is
+    inferred from its tensors (QuickGELU, as OpenAI's); fp16 is converted to fp32;
+    ``weights_only`` unpickling. ``smartclip.load_checkpoint`` (in :mod:`smartclip.factory`)
+    also takes Hugging Face exports, ``hf-hub:`` and released tags."""
     cfg = read_config(path)
-    opts = {**cfg["options"], **options}
-    model = build_model(cfg["model_cfg"], opts, model_name=cfg.get("model_name", "custom"),
-                        preprocess_cfg=cfg.get("preprocess_cfg"))
+    return load_into_config(path, cfg["model_cfg"], {**cfg["options"], **options},
+                            model_name=cfg.get("model_name", "custom"), preprocess_cfg=cfg.get("preprocess_cfg"),
+                            training_info=cfg.get("training"))  # how a training checkpoint was made
+
+
+def load_into_config(path, model_cfg: dict, options: dict, *, model_name: str, preprocess_cfg: Optional[dict] = None,
+                     training_info: Optional[dict] = None) -> SmartCLIP:
+    """The model of ``model_cfg`` and ``options`` with the weights of the checkpoint at ``path``
+    (ours or an OpenAI-layout file), every tensor checked against the architecture: nothing is
+    guessed from the file."""
     state, mask_trained = read_weights(path)
+    model = build_model(model_cfg, options, model_name=model_name, preprocess_cfg=preprocess_cfg,
+                        mask_trained=mask_trained, training_info=training_info)
     stretch_to_model(state, model)
     load_weights_checked(model, state, source=str(path))
-    model.mask_trained = mask_trained
-    model.checkpoint_path = str(path)
-    model.training_info = cfg.get("training")  # how a training checkpoint was made (objective, loss scale)
     return model
 
 
@@ -367,52 +292,21 @@ def stretch_to_model(state: Dict[str, torch.Tensor], model: SmartCLIP) -> Dict[s
     """An ordinary CLIP state dict (77 positions) gets the model's stretched positional tables,
     as ``create_model`` does for open_clip checkpoints; anything else is left alone."""
     pos = state.get("positional_embedding")
-    expected = model.keep + model.ratio * (pos.shape[0] - model.keep) if pos is not None and model.ratio > 1 else None
+    expected = stretched_length(pos.shape[0], model.keep, model.ratio) if pos is not None else None
     if pos is not None and pos.shape[0] != model.context_length and expected == model.context_length:
         stretched = stretch_positional_embedding(pos, model.keep, model.ratio)
         state["positional_embedding"], state["positional_embedding_res"] = stretched, stretched.clone()
     return state
 
 
-# ---------------------------------------------------------------------------------- export
-def export(model: SmartCLIP, path, format: str = "open_clip") -> Path:
-    """Write ``model`` for another library.
-
-    ``open_clip``: a directory with ``open_clip_config.json`` (context 248) and
-    ``open_clip_model.safetensors`` holding the merged positional embedding, loadable with
-    ``open_clip.create_model("local-dir:PATH")``. The mask network is not part of CLIP and
-    is left out. ``hf``: a transformers CLIPModel folder (see ``smartclip.hf``).
-    """
-    path = Path(path)
-    if format == "hf":
-        from .hf import export_hf
-        return export_hf(model, path)
-    if format != "open_clip":
-        raise ValueError(f"unknown export format {format!r}; valid: 'open_clip', 'hf'")
-    path.mkdir(parents=True, exist_ok=True)
-    model_cfg = copy.deepcopy(model.model_cfg)
-    model_cfg["text_cfg"]["context_length"] = model.context_length
-    state = {k: v.detach().cpu().float().contiguous() for k, v in model.state_dict().items()
-             if not k.startswith("mask_net.") and k != "positional_embedding_res"}
-    state["positional_embedding"] = model.merged_positional_embedding().detach().cpu().float().contiguous()
-    save_tensors(state, path / "open_clip_model.safetensors")
-    (path / "open_clip_config.json").write_text(json.dumps(
-        {"model_cfg": model_cfg, "preprocess_cfg": model.preprocess_cfg}, indent=2))
-    return path
-
-
+# ------------------------------------------------------------------------------- hashing
 def state_dict_hash(model_or_path) -> str:
     """A short SHA-256 of a model's tensors (names, dtypes, bytes), or of a checkpoint file's
     bytes. Used to key caches and to check an index against the model querying it."""
-    h = hashlib.sha256()
     if isinstance(model_or_path, (str, os.PathLike)):
         p = Path(model_or_path)
-        files = [p / WEIGHTS_NAME] if _our_dir(p) is not None and p.is_dir() else [p]
-        for f in files:
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-        return h.hexdigest()[:16]
+        return sha256_file(p / WEIGHTS_NAME if p.is_dir() and _our_dir(p) is not None else p)[:16]
+    h = hashlib.sha256()
     for key, tensor in sorted(model_or_path.state_dict().items()):
         h.update(key.encode())
         t = tensor.detach().cpu().contiguous()

@@ -26,7 +26,8 @@ from typing import Dict, Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from .model import SmartCLIP
+from .fileio import atomic_write_json, set_default_file_mode
+from .model import SmartCLIP, build_model
 
 __all__ = ["export_hf", "load_hf", "hf_config", "hf_state_dict", "write_hf_tokenizer", "HFExportError",
            "MASK_NET_NAME", "SMARTCLIP_HF_NAME"]
@@ -90,7 +91,7 @@ def _check_supported(model: SmartCLIP):
     if model.image_size[0] != model.image_size[1]:
         problems.append(f"non-square image size {model.image_size}")
     if problems:
-        raise HFExportError(f"{getattr(model, 'model_name', 'model')} cannot be exported to transformers CLIP: "
+        raise HFExportError(f"{model.model_name} cannot be exported to transformers CLIP: "
                             + "; ".join(problems))
 
 
@@ -134,23 +135,45 @@ def hf_config(model: SmartCLIP):
 
 
 # --------------------------------------------------------------------------- state dict
-def _blocks(prefix_ours: str, prefix_hf: str, state: Dict[str, torch.Tensor], n: int) -> Dict[str, torch.Tensor]:
-    out = {}
-    for i in range(n):
-        o, h = f"{prefix_ours}.{i}.", f"{prefix_hf}.{i}."
-        q, k, vv = state[o + "attn.in_proj_weight"].chunk(3, dim=0)
-        qb, kb, vb = state[o + "attn.in_proj_bias"].chunk(3, dim=0)
-        out.update({
-            h + "self_attn.q_proj.weight": q, h + "self_attn.k_proj.weight": k, h + "self_attn.v_proj.weight": vv,
-            h + "self_attn.q_proj.bias": qb, h + "self_attn.k_proj.bias": kb, h + "self_attn.v_proj.bias": vb,
-            h + "self_attn.out_proj.weight": state[o + "attn.out_proj.weight"],
-            h + "self_attn.out_proj.bias": state[o + "attn.out_proj.bias"],
-            h + "layer_norm1.weight": state[o + "ln_1.weight"], h + "layer_norm1.bias": state[o + "ln_1.bias"],
-            h + "layer_norm2.weight": state[o + "ln_2.weight"], h + "layer_norm2.bias": state[o + "ln_2.bias"],
-            h + "mlp.fc1.weight": state[o + "mlp.c_fc.weight"], h + "mlp.fc1.bias": state[o + "mlp.c_fc.bias"],
-            h + "mlp.fc2.weight": state[o + "mlp.c_proj.weight"], h + "mlp.fc2.bias": state[o + "mlp.c_proj.bias"],
-        })
-    return out
+# The one key map, ours -> transformers' CLIPModel; transposed entries are Linear weights that
+# open_clip keeps as [in, out] matrices. The attention's in-projection (split into q, k, v) and
+# the text positions (our two copies merged) are the only entries that are not renames.
+_TOP_KEYS = (  # (ours, theirs, transposed)
+    ("token_embedding.weight", "text_model.embeddings.token_embedding.weight", False),
+    ("ln_final.weight", "text_model.final_layer_norm.weight", False),
+    ("ln_final.bias", "text_model.final_layer_norm.bias", False),
+    ("text_projection", "text_projection.weight", True),
+    ("visual.class_embedding", "vision_model.embeddings.class_embedding", False),
+    ("visual.conv1.weight", "vision_model.embeddings.patch_embedding.weight", False),
+    ("visual.positional_embedding", "vision_model.embeddings.position_embedding.weight", False),
+    ("visual.ln_pre.weight", "vision_model.pre_layrnorm.weight", False),
+    ("visual.ln_pre.bias", "vision_model.pre_layrnorm.bias", False),
+    ("visual.ln_post.weight", "vision_model.post_layernorm.weight", False),
+    ("visual.ln_post.bias", "vision_model.post_layernorm.bias", False),
+    ("visual.proj", "visual_projection.weight", True),
+    ("logit_scale", "logit_scale", False),
+)
+_BLOCK_KEYS = (("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"),
+               ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2"))
+_TOWERS = (("transformer.resblocks", "text_model.encoder.layers"),
+           ("visual.transformer.resblocks", "vision_model.encoder.layers"))
+_TEXT_POSITIONS = "text_model.embeddings.position_embedding.weight"
+
+
+def _key_map(n_text: int, n_vis: int):
+    """``(ours, theirs, transposed)`` for every tensor that is a plain rename, and
+    ``(ours in_proj prefix, theirs q/k/v prefix)`` for every attention block."""
+    renames, attention = list(_TOP_KEYS), []
+    for (ours, theirs), n in zip(_TOWERS, (n_text, n_vis)):
+        for i in range(n):
+            o, h = f"{ours}.{i}.", f"{theirs}.{i}."
+            renames += [(o + a + p, h + b + p, False) for a, b in _BLOCK_KEYS for p in (".weight", ".bias")]
+            attention.append((o + "attn.in_proj_", h + "self_attn."))
+    return renames, attention
+
+
+def _tower_depths(model: SmartCLIP):
+    return len(model.transformer.resblocks), len(model.visual.transformer.resblocks)
 
 
 def hf_state_dict(model: SmartCLIP) -> Dict[str, torch.Tensor]:
@@ -158,63 +181,25 @@ def hf_state_dict(model: SmartCLIP) -> Dict[str, torch.Tensor]:
     The mask network is not part of it."""
     _check_supported(model)
     state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
-    n_text, n_vis = len(model.transformer.resblocks), len(model.visual.transformer.resblocks)
-    out = {
-        "text_model.embeddings.token_embedding.weight": state["token_embedding.weight"],
-        "text_model.embeddings.position_embedding.weight":
-            model.merged_positional_embedding().detach().to("cpu", torch.float32),
-        "text_model.final_layer_norm.weight": state["ln_final.weight"],
-        "text_model.final_layer_norm.bias": state["ln_final.bias"],
-        "text_projection.weight": state["text_projection"].t(),
-        "vision_model.embeddings.class_embedding": state["visual.class_embedding"],
-        "vision_model.embeddings.patch_embedding.weight": state["visual.conv1.weight"],
-        "vision_model.embeddings.position_embedding.weight": state["visual.positional_embedding"],
-        "vision_model.pre_layrnorm.weight": state["visual.ln_pre.weight"],
-        "vision_model.pre_layrnorm.bias": state["visual.ln_pre.bias"],
-        "vision_model.post_layernorm.weight": state["visual.ln_post.weight"],
-        "vision_model.post_layernorm.bias": state["visual.ln_post.bias"],
-        "visual_projection.weight": state["visual.proj"].t(),
-        "logit_scale": state["logit_scale"],
-    }
-    out.update(_blocks("transformer.resblocks", "text_model.encoder.layers", state, n_text))
-    out.update(_blocks("visual.transformer.resblocks", "vision_model.encoder.layers", state, n_vis))
+    renames, attention = _key_map(*_tower_depths(model))
+    out = {theirs: (state[ours].t() if transposed else state[ours]) for ours, theirs, transposed in renames}
+    for ours, theirs in attention:
+        for kind in ("weight", "bias"):
+            for p, part in zip("qkv", state[ours + kind].chunk(3, dim=0)):
+                out[f"{theirs}{p}_proj.{kind}"] = part
+    out[_TEXT_POSITIONS] = model.merged_positional_embedding().detach().to("cpu", torch.float32)
     return {k: v.contiguous() for k, v in out.items()}
 
 
 def _our_state_dict(hf: Dict[str, torch.Tensor], n_text: int, n_vis: int) -> Dict[str, torch.Tensor]:
     """Inverse of ``hf_state_dict`` (both positional copies get the merged table)."""
-    def blocks(prefix_ours, prefix_hf, n):
-        out = {}
-        for i in range(n):
-            o, h = f"{prefix_ours}.{i}.", f"{prefix_hf}.{i}."
-            a = h + "self_attn."
-            out[o + "attn.in_proj_weight"] = torch.cat([hf[a + f"{p}_proj.weight"] for p in "qkv"], 0)
-            out[o + "attn.in_proj_bias"] = torch.cat([hf[a + f"{p}_proj.bias"] for p in "qkv"], 0)
-            for ours, theirs in (("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"),
-                                 ("ln_2", "layer_norm2"), ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")):
-                out[o + ours + ".weight"] = hf[h + theirs + ".weight"]
-                out[o + ours + ".bias"] = hf[h + theirs + ".bias"]
-        return out
-
-    pos = hf["text_model.embeddings.position_embedding.weight"]
-    out = {
-        "token_embedding.weight": hf["text_model.embeddings.token_embedding.weight"],
-        "positional_embedding": pos.clone(), "positional_embedding_res": pos.clone(),
-        "ln_final.weight": hf["text_model.final_layer_norm.weight"],
-        "ln_final.bias": hf["text_model.final_layer_norm.bias"],
-        "text_projection": hf["text_projection.weight"].t().contiguous(),
-        "visual.class_embedding": hf["vision_model.embeddings.class_embedding"],
-        "visual.conv1.weight": hf["vision_model.embeddings.patch_embedding.weight"],
-        "visual.positional_embedding": hf["vision_model.embeddings.position_embedding.weight"],
-        "visual.ln_pre.weight": hf["vision_model.pre_layrnorm.weight"],
-        "visual.ln_pre.bias": hf["vision_model.pre_layrnorm.bias"],
-        "visual.ln_post.weight": hf["vision_model.post_layernorm.weight"],
-        "visual.ln_post.bias": hf["vision_model.post_layernorm.bias"],
-        "visual.proj": hf["visual_projection.weight"].t().contiguous(),
-        "logit_scale": hf["logit_scale"],
-    }
-    out.update(blocks("transformer.resblocks", "text_model.encoder.layers", n_text))
-    out.update(blocks("visual.transformer.resblocks", "vision_model.encoder.layers", n_vis))
+    renames, attention = _key_map(n_text, n_vis)
+    out = {ours: (hf[theirs].t().contiguous() if transposed else hf[theirs]) for ours, theirs, transposed in renames}
+    for ours, theirs in attention:
+        for kind in ("weight", "bias"):
+            out[ours + kind] = torch.cat([hf[f"{theirs}{p}_proj.{kind}"] for p in "qkv"], 0)
+    pos = hf[_TEXT_POSITIONS]
+    out["positional_embedding"], out["positional_embedding_res"] = pos.clone(), pos.clone()
     return out
 
 
@@ -287,38 +272,36 @@ def export_hf(model: SmartCLIP, path) -> Path:
     mask_state = {k[len("mask_net."):]: v.detach().to("cpu", torch.float32).contiguous()
                   for k, v in model.state_dict().items() if k.startswith("mask_net.")}
     save_file(mask_state, str(path / MASK_NET_NAME), metadata={"format": "smartclip-mask-net"})
-    from .checkpoint import set_default_file_mode  # that module imports this one
     for weights in path.glob("*.safetensors"):
         set_default_file_mode(weights)
-    (path / SMARTCLIP_HF_NAME).write_text(json.dumps({
+    atomic_write_json(path / SMARTCLIP_HF_NAME, {
         "format": "smartclip-hf",
-        "model_name": getattr(model, "model_name", "custom"),
+        "model_name": model.model_name,
         "model_cfg": model.model_cfg,
         "options": model.options,
         "preprocess_cfg": model.preprocess_cfg,
-        "mask_trained": bool(getattr(model, "mask_trained", True)),
+        "mask_trained": model.mask_trained,
         "mask_net_file": MASK_NET_NAME,
-    }, indent=2))
+    })
     return path
 
 
-def load_hf(path, device="cpu") -> SmartCLIP:
+def load_hf(path, device="cpu", **options) -> SmartCLIP:
     """A SmartCLIP model back from a folder written by ``export_hf`` (the CLIP weights from
-    ``model.safetensors``, the mask network from ``smartclip_mask_net.safetensors``)."""
-    from .factory import build_model
-
+    ``model.safetensors``, the mask network from ``smartclip_mask_net.safetensors``).
+    ``options`` override the recorded model options (``mask_padding``...)."""
     path = Path(path)
     info_file = path / SMARTCLIP_HF_NAME
     if not info_file.is_file():
         raise FileNotFoundError(f"{path}: no {SMARTCLIP_HF_NAME}; not a folder written by smartclip export --format hf")
     info = json.loads(info_file.read_text())
-    model = build_model(info["model_cfg"], info["options"], model_name=info.get("model_name", "custom"),
-                        preprocess_cfg=info.get("preprocess_cfg"))
-    hf = load_file(str(path / "model.safetensors"))
-    state = _our_state_dict(hf, len(model.transformer.resblocks), len(model.visual.transformer.resblocks))
     mask_file: Optional[Path] = path / info.get("mask_net_file", MASK_NET_NAME)
+    model = build_model(info["model_cfg"], {**info["options"], **options}, model_name=info.get("model_name", "custom"),
+                        preprocess_cfg=info.get("preprocess_cfg"),
+                        mask_trained=bool(info.get("mask_trained", True)) and mask_file.is_file())
+    hf = load_file(str(path / "model.safetensors"))
+    state = _our_state_dict(hf, *_tower_depths(model))
     if mask_file.is_file():
         state.update({"mask_net." + k: v for k, v in load_file(str(mask_file)).items()})
     model.load_state_dict(state, strict=mask_file.is_file())
-    model.mask_trained = bool(info.get("mask_trained", True)) and mask_file.is_file()
     return model.to(device).eval()

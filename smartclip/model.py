@@ -7,17 +7,42 @@ State-dict names follow the OpenAI / authors' layout (docs/method.md §8): ``vis
 """
 from __future__ import annotations
 
+import copy
 import math
-from typing import Dict, Optional, Tuple
+from dataclasses import asdict
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from open_clip.model import CLIP
+from open_clip.transform import PreprocessCfg
 from open_clip.transformer import ResidualAttentionBlock, text_global_pool
 
-__all__ = ["stretch_positional_embedding", "MaskNetwork", "SmartCLIP", "straight_through_mask", "hard_concrete_gate",
-           "MASK_GATES"]
+from .tokenizer import split_sentences
+
+__all__ = ["stretch_positional_embedding", "stretched_length", "MaskNetwork", "SmartCLIP", "straight_through_mask",
+           "hard_concrete_gate", "build_model", "model_options", "MASK_GATES", "DEFAULT_OPTIONS"]
+
+# The construction options of a SmartCLIP and their defaults (the released model's settings):
+# keep / ratio define the positional stretch; the rest are named departures (SPEC 9).
+DEFAULT_OPTIONS: Dict[str, Any] = {"keep": 20, "ratio": 4, "soft_mask": False, "mask_padding": False,
+                                   "mask_gate": "ste"}
+
+
+def model_options(overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """:data:`DEFAULT_OPTIONS` with ``overrides``; an unknown option is a ``TypeError`` naming the valid ones."""
+    overrides = dict(overrides or {})
+    unknown = set(overrides) - set(DEFAULT_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown model option(s) {sorted(unknown)}; valid: {sorted(DEFAULT_OPTIONS)}")
+    return {**DEFAULT_OPTIONS, **overrides}
+
+
+def stretched_length(base: int, keep: int = DEFAULT_OPTIONS["keep"], ratio: int = DEFAULT_OPTIONS["ratio"]) -> int:
+    """Positions after Long-CLIP's stretch of ``base`` positions: ``keep + ratio * (base - keep)``
+    (248 for CLIP's 77); ``ratio == 1`` leaves the table alone."""
+    return base if ratio == 1 else keep + ratio * (base - keep)
 
 
 def stretch_positional_embedding(P: torch.Tensor, keep: int = 20, ratio: int = 4) -> torch.Tensor:
@@ -152,16 +177,28 @@ class SmartCLIP(nn.Module):
     network ignores padding; ``mask_gate="hard_concrete"``: in training, sampled hard-concrete
     gates at temperature ``mask_temperature`` (an opt-in variant; inference thresholds
     ``sigmoid(logits)`` at 0.5 either way).
+
+    What the model is, beyond its modules, is kept in fields that checkpoints record:
+    ``model_name``, ``model_cfg`` (the open_clip-style config it was built from; ``None`` when
+    built from a bare ``CLIP``), ``preprocess_cfg`` (open_clip's image preprocessing),
+    ``mask_trained`` (False when the mask network is freshly initialised, as for Long-CLIP or
+    OpenAI weights) and ``training_info`` (how a training checkpoint was made, or ``None``).
     """
 
     def __init__(
         self,
         clip: CLIP,
-        keep: int = 20,
-        ratio: int = 4,
-        soft_mask: bool = False,
-        mask_padding: bool = False,
-        mask_gate: str = "ste",
+        keep: int = DEFAULT_OPTIONS["keep"],
+        ratio: int = DEFAULT_OPTIONS["ratio"],
+        soft_mask: bool = DEFAULT_OPTIONS["soft_mask"],
+        mask_padding: bool = DEFAULT_OPTIONS["mask_padding"],
+        mask_gate: str = DEFAULT_OPTIONS["mask_gate"],
+        *,
+        model_name: str = "custom",
+        model_cfg: Optional[dict] = None,
+        preprocess_cfg: Optional[dict] = None,
+        mask_trained: bool = True,
+        training_info: Optional[dict] = None,
     ):
         super().__init__()
         if mask_gate not in MASK_GATES:
@@ -203,6 +240,15 @@ class SmartCLIP(nn.Module):
         self.mask_net = MaskNetwork(width, heads, embed_dim, act_layer=_activation_of(clip),
                                     norm_layer=type(self.ln_final))
 
+        self.model_name = model_name
+        self.model_cfg = copy.deepcopy(model_cfg)
+        pre = asdict(PreprocessCfg())
+        pre["size"] = self.image_size[0] if self.image_size[0] == self.image_size[1] else list(self.image_size)
+        pre.update({k: v for k, v in (preprocess_cfg or {}).items() if k in pre})
+        self.preprocess_cfg = pre
+        self.mask_trained = bool(mask_trained)
+        self.training_info = training_info
+
     # ----------------------------------------------------------------- properties
     @property
     def embed_dim(self) -> int:
@@ -231,9 +277,6 @@ class SmartCLIP(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True):
         self.visual.set_grad_checkpointing(enable)
         self.transformer.grad_checkpointing = enable
-
-    def mask_parameters(self):
-        return self.mask_net.parameters()
 
     # ------------------------------------------------------------------- encoders
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
@@ -328,7 +371,6 @@ class SmartCLIP(nn.Module):
         owner [S])``, ``owner[k]`` the caption row sentence ``k`` comes from. Sentences end at a
         period token (``smartclip.tokenizer.split_sentences``). The text tower runs without a graph
         (the mask network reads it detached anyway); gradients reach the mask network."""
-        from .tokenizer import split_sentences
         sentences, owner = split_sentences(tokens, self._eot_index(tokens))
         if not len(sentences):
             return tokens.new_zeros((0, self.embed_dim), dtype=torch.float32), owner
@@ -353,3 +395,13 @@ class SmartCLIP(nn.Module):
             if with_sentences:
                 out["sentence_probs"], out["sentence_owner"] = self.sentence_mask_probs(tokens)
         return out
+
+
+def build_model(model_cfg: dict, options: Optional[Dict[str, Any]] = None, *, model_name: str = "custom",
+                preprocess_cfg: Optional[dict] = None, mask_trained: bool = True,
+                training_info: Optional[dict] = None) -> SmartCLIP:
+    """A randomly initialised SmartCLIP from an open_clip-style config dict (``embed_dim``,
+    ``vision_cfg``, ``text_cfg``, ``quick_gelu``...) and options (:data:`DEFAULT_OPTIONS`)."""
+    clip = CLIP(**copy.deepcopy(model_cfg))
+    return SmartCLIP(clip, **model_options(options), model_name=model_name, model_cfg=model_cfg,
+                     preprocess_cfg=preprocess_cfg, mask_trained=mask_trained, training_info=training_info)

@@ -1,4 +1,7 @@
-"""CLIP BPE tokenisation at the model's (long) context, with truncation reported."""
+"""CLIP BPE tokenisation at the model's (long) context, with truncation reported.
+
+A leaf of the package: imports nothing from smartclip. ``smartclip.get_tokenizer`` (a tokenizer
+for a model, a model name or a checkpoint) lives in :mod:`smartclip.factory`, which knows names."""
 from __future__ import annotations
 
 from typing import List, Sequence, Tuple, Union
@@ -6,7 +9,7 @@ from typing import List, Sequence, Tuple, Union
 import torch
 from open_clip.tokenizer import SimpleTokenizer
 
-__all__ = ["Tokenizer", "get_tokenizer", "split_sentences", "DEFAULT_CONTEXT_LENGTH", "PERIOD_TOKEN_ID"]
+__all__ = ["Tokenizer", "split_sentences", "DEFAULT_CONTEXT_LENGTH", "PERIOD_TOKEN_ID"]
 
 DEFAULT_CONTEXT_LENGTH = 248
 PERIOD_TOKEN_ID = 269  # "." as a word end in CLIP's BPE vocabulary
@@ -67,18 +70,6 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer(context_length={self.context_length})"
-
-
-def get_tokenizer(model_or_name=None, context_length: int | None = None) -> Tokenizer:
-    """A tokenizer at the context length of a SmartCLIP model, a model name or checkpoint
-    path (248 for every CLIP architecture, as the stretch makes it), or ``context_length``."""
-    if context_length is None:
-        if model_or_name is None or isinstance(model_or_name, str):
-            from .factory import context_length_for
-            context_length = context_length_for(model_or_name)
-        else:
-            context_length = int(getattr(model_or_name, "context_length"))
-    return Tokenizer(context_length)
 
 
 def split_sentences(tokens: torch.Tensor, eot_positions: torch.Tensor, period_token_id: int = PERIOD_TOKEN_ID

@@ -160,7 +160,7 @@ def test_bad_checkpoints_say_what_is_wrong(tmp_path, micro_model):
     with pytest.raises(CheckpointError, match="missing tensor 'ln_final.weight'"):
         smartclip.create_model("smartclip-micro", pretrained=str(_save(tmp_path / "missing.pt", missing)))
 
-    with pytest.raises(CheckpointError, match="no such checkpoint"):
+    with pytest.raises(CheckpointError, match="nope.pt does not exist"):
         smartclip.load_checkpoint(tmp_path / "nope.pt")
 
 
@@ -231,3 +231,29 @@ def test_torchscript_file_by_architecture_name(tmp_path):
         torch.testing.assert_close(model.encode_text(smartclip.get_tokenizer(model)(["a cat"])),
                                    clip.encode_text(tokens), rtol=1e-5, atol=1e-5)
     assert not model.mask_trained
+
+
+def test_save_checkpoint_refuses_to_overwrite(tmp_path, micro_model):
+    path = smartclip.save_checkpoint(micro_model, tmp_path / "ckpt")
+    before = (path / "model.safetensors").read_bytes()
+    other = smartclip.create_model("smartclip-micro", mask_padding=True)
+    with pytest.raises(FileExistsError) as info:
+        smartclip.save_checkpoint(other, path)
+    assert "already holds a checkpoint" in str(info.value) and "overwrite=True" in str(info.value)
+    assert "\n" not in str(info.value)
+    assert (path / "model.safetensors").read_bytes() == before  # untouched
+    smartclip.save_checkpoint(other, path, overwrite=True)
+    assert smartclip.load_checkpoint(path).options["mask_padding"] is True
+
+
+def test_model_facts_are_fields_recorded_by_checkpoints(tmp_path, micro_model):
+    """What a model is (name, config, options, preprocessing, whether its mask was trained) lives
+    on the class and survives a save and a load."""
+    assert micro_model.model_name == "smartclip-micro" and micro_model.mask_trained is True
+    assert micro_model.model_cfg == smartclip.get_model_config("smartclip-micro")
+    assert micro_model.training_info is None and micro_model.preprocess_cfg["size"] == micro_model.image_size[0]
+    untrained = smartclip.build_model(micro_model.model_cfg, {"keep": 10}, model_name="mine", mask_trained=False)
+    back = smartclip.load_checkpoint(smartclip.save_checkpoint(untrained, tmp_path / "mine"))
+    assert (back.model_name, back.mask_trained, back.options["keep"]) == ("mine", False, 10)
+    assert back.model_cfg == untrained.model_cfg
+    assert back.preprocess_cfg == json.loads(json.dumps(untrained.preprocess_cfg))  # tuples come back as lists

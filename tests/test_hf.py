@@ -135,3 +135,29 @@ def test_export_command(tmp_path, capsys):
     assert (tmp_path / "oc" / "open_clip_model.safetensors").exists()
     assert cli(["export", str(tmp_path / "missing"), "--format", "hf", "--out", str(tmp_path / "x")]) == 2
     assert "error:" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_every_entry_point_reads_an_hf_export_folder(exported):
+    """create_model, load_checkpoint and load take the folder `smartclip export --format hf` writes."""
+    model, path = exported
+    tokens = smartclip.get_tokenizer(model)(TEXTS)
+    with torch.no_grad():
+        expected = model.text_mask(tokens, soft=True)
+        for loaded in (smartclip.create_model(str(path)), smartclip.load_checkpoint(str(path)),
+                       smartclip.load(str(path))[0]):
+            assert loaded.mask_trained and loaded.model_name == model.model_name
+            torch.testing.assert_close(loaded.eval().text_mask(tokens, soft=True), expected, atol=1e-6, rtol=0)
+    assert smartclip.create_model(str(path), mask_padding=True).mask_padding  # options apply as to any checkpoint
+
+
+def test_one_key_map_both_ways(exported):
+    """hf_state_dict and its inverse are the same map: every tensor comes back, bit for bit."""
+    from smartclip.hf import _our_state_dict, hf_state_dict
+    model, _ = exported
+    ours = {k: v for k, v in model.state_dict().items() if not k.startswith("mask_net.")}
+    back = _our_state_dict(hf_state_dict(model), len(model.transformer.resblocks),
+                           len(model.visual.transformer.resblocks))
+    merged = model.merged_positional_embedding().detach()
+    ours["positional_embedding"], ours["positional_embedding_res"] = merged, merged
+    assert back.keys() == ours.keys()
+    assert all(torch.equal(back[k], ours[k].float()) for k in ours)

@@ -1,36 +1,28 @@
-"""``smartclip models``: list model names, or show the sizes of given models."""
+"""``smartclip models``: list model names or pretrained tags, or show the sizes of given models."""
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("names", nargs="*", metavar="NAME",
-                        help="model names or checkpoint paths to describe; none: list every name")
+                        help="model names, NAME:TAG, hf-hub:ORG/NAME or checkpoint paths to describe; none: list "
+                             "every name")
+    parser.add_argument("--pretrained", action="store_true",
+                        help="list every pretrained tag (NAME:TAG) with its source: smartclip's released weights, "
+                             "then open_clip's")
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
 def describe(name: str) -> dict:
-    """Sizes of model ``name`` (a registered name, ``NAME:TAG`` or a checkpoint path), built
-    without weights."""
+    """Sizes of model ``name`` (anything ``smartclip.load`` takes), built without weights."""
     import torch
     import smartclip
-    from smartclip.checkpoint import read_config
-    from smartclip.hf import SMARTCLIP_HF_NAME
+    from smartclip.factory import find_spec_config
 
-    name_or_path, _ = smartclip.resolve_model(name)  # the architecture only: a tag's weights are not needed
-    if os.path.isfile(os.path.join(name_or_path, SMARTCLIP_HF_NAME)):  # a Hugging Face export
-        cfg = json.loads(Path(name_or_path, SMARTCLIP_HF_NAME).read_text())
-        model_cfg, options = cfg["model_cfg"], cfg["options"]
-    elif os.path.exists(name_or_path):
-        cfg = read_config(name_or_path)
-        model_cfg, options = cfg["model_cfg"], cfg["options"]
-    else:
-        model_cfg, options = smartclip.get_model_config(name_or_path), {}
+    model_cfg, options, _ = find_spec_config(name)  # the architecture only: a tag's weights are not needed
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         model = smartclip.build_model(model_cfg, options, model_name=name)
 
@@ -56,6 +48,15 @@ def describe(name: str) -> dict:
 def run(args) -> int:
     import smartclip
 
+    if args.pretrained:
+        from smartclip.pretrained import list_pretrained
+        rows = list_pretrained(smartclip.list_models())
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            width = max(len(r["name"]) for r in rows)
+            print("\n".join(f"{r['name']:<{width}}  {r['source']}" for r in rows))
+        return 0
     if not args.names:
         names = smartclip.list_models()
         print(json.dumps(names) if args.json else "\n".join(names))

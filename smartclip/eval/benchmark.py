@@ -214,7 +214,7 @@ class _FileBenchmark(Benchmark):
         return present, missing, counts
 
     def _feature_key(self, kind: str, parts: Sequence[object], model, extra=()) -> str:
-        return f"{self.name}-{kind}-" + _digest([kind, getattr(model, "preprocess_cfg", None), *extra, *parts])
+        return f"{self.name}-{kind}-" + _digest([kind, model.preprocess_cfg, *extra, *parts])
 
     def _images(self, model, preprocess, items, device, batch_size, progress, cache) -> Tuple[torch.Tensor, dict]:
         def compute():
@@ -328,7 +328,7 @@ class RetrievalBenchmark(_FileBenchmark):
 
 
 def _text_masks(model, tokenizer, texts, device, batch_size) -> torch.Tensor:
-    if not getattr(model, "mask_trained", True):
+    if not model.mask_trained:
         raise ValueError("masked scoring needs a model whose mask network was trained "
                          "(model.mask_trained is False)")
     out = []

@@ -21,12 +21,12 @@ def run_record(model, results: Dict[str, dict], checkpoint_hash: str, model_labe
     import smartclip
     return {
         "format": RESULTS_FORMAT,
-        "model": model_label or getattr(model, "model_name", type(model).__name__),
+        "model": model_label or model.model_name,
         "checkpoint_hash": checkpoint_hash,
-        "context_length": getattr(model, "context_length", None),
-        "embed_dim": getattr(model, "embed_dim", None),
-        "mask_trained": getattr(model, "mask_trained", None),
-        "training": getattr(model, "training_info", None),
+        "context_length": model.context_length,
+        "embed_dim": model.embed_dim,
+        "mask_trained": model.mask_trained,
+        "training": model.training_info,
         "smartclip_version": smartclip.__version__,
         "torch_version": torch.__version__,
         "device": str(device),

@@ -114,7 +114,7 @@ def build_base(out_dir, recipe: Optional[BaseRecipe] = None, *, model: Optional[
     try:
         trained, scores = _pretrain(recipe, model, image_size, out / "work", progress, log)
         trained.model_name = "demo-base"
-        smartclip.save_checkpoint(trained.half(), out)
+        smartclip.save_checkpoint(trained.half(), out, overwrite=True)  # --build-base rebuilds
     finally:
         torch.set_num_threads(previous_threads)
     record = {"sha256": sha256_file(out / WEIGHTS_NAME), "recipe": dataclasses.asdict(recipe), "model": model,

@@ -116,7 +116,7 @@ class SceneBenchmark:
             progress=True, feature_cache=None) -> dict:
         from . import _features as F
         from smartclip.eval.metrics import masked_scores
-        if self.masked and not (getattr(model, "mask_trained", True) and hasattr(model, "text_mask")):
+        if self.masked and not (model.mask_trained and hasattr(model, "text_mask")):
             raise ValueError("scene benchmark: masked scoring needs a trained mask network "
                              "(model.mask_trained is False)")
         missing: List[str] = []
@@ -175,7 +175,7 @@ class SceneBenchmark:
                   "long_captions": len(test), "short_captions": len(short), "concepts": len(self.concepts)}
 
         # claim 3: masks
-        if getattr(model, "mask_trained", True) and hasattr(model, "text_mask"):
+        if model.mask_trained and hasattr(model, "text_mask"):
             mask_metrics, mask_counts = self.mask_metrics(model, tokenizer, test, device=device, batch_size=batch_size)
             metrics.update(mask_metrics)
             counts.update(mask_counts)

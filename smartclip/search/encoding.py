@@ -125,7 +125,7 @@ def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int, device,
 
 def _model_info(model) -> dict:
     from ..checkpoint import state_dict_hash
-    return {"model": getattr(model, "model_name", "custom"), "model_hash": state_dict_hash(model),
+    return {"model": model.model_name, "model_hash": state_dict_hash(model),
             "embed_dim": int(model.embed_dim)}
 
 

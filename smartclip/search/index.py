@@ -138,7 +138,7 @@ class ImageIndex:
         if got != self.model_hash:
             raise IndexModelMismatch(
                 f"{self.folder} was built with model {self.data.meta.get('model')} (weights hash {self.model_hash}); "
-                f"the query model {getattr(model, 'model_name', '?')} has hash {got}. Query with the same model "
+                f"the query model {model.model_name} has hash {got}. Query with the same model "
                 f"({self.model_spec or 'see meta.json'}) or rebuild the index.")
 
     # ------------------------------------------------------------------------ scoring
@@ -205,7 +205,7 @@ class Searcher:
         emb = torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)[0].cpu().numpy()
         mask = self.model.text_mask(tokens)[0].detach().cpu().numpy() > 0.5
         notes = []
-        if not getattr(self.model, "mask_trained", True):
+        if not self.model.mask_trained:
             notes.append("this model's mask network is untrained: the mask is not meaningful")
         if truncated[0]:
             notes.append(f"the query is longer than {self.tokenizer.context_length} tokens and was truncated")

@@ -86,7 +86,7 @@ def caption_masks(model, tokenizer, captions: Sequence[str], device="cpu", batch
         truncated += trunc.tolist()
     p = torch.cat(probs).numpy()
     return MaskReport(captions=captions, masks=p >= 0.5, probs=p, truncated=truncated,
-                      mask_trained=bool(getattr(model, "mask_trained", True)))
+                      mask_trained=model.mask_trained)
 
 
 _OPS = {ast.BitAnd: np.logical_and, ast.BitOr: np.logical_or, ast.BitXor: np.logical_xor,

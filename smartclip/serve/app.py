@@ -104,7 +104,7 @@ class SearchApp:
         meta = self.index.data.meta
         return {"count": len(self.index), "model": meta.get("model"), "model_hash": self.index.model_hash,
                 "embed_dim": self.index.embed_dim, "max_upload_bytes": self.max_upload_bytes,
-                "mask_trained": bool(getattr(self.searcher.model, "mask_trained", True)),
+                "mask_trained": self.searcher.model.mask_trained,
                 "default_k": self.default_k, "max_k": self.max_k}
 
     # ------------------------------------------------------------------- endpoints

@@ -42,7 +42,7 @@ class ModelConfig:
     options: Dict[str, Any] = field(default_factory=dict)
 
     def validate(self, prefix="model"):
-        from smartclip.factory import DEFAULT_OPTIONS
+        from smartclip.model import DEFAULT_OPTIONS
         unknown = sorted(set(self.options) - set(DEFAULT_OPTIONS))
         if unknown:
             raise ConfigError(f"{prefix}.options: unknown option(s) {unknown}; valid: {sorted(DEFAULT_OPTIONS)}")
