@@ -1,5 +1,5 @@
 """Checkpoint file formats: our format (safetensors + JSON), the authors' released ``.pt``
-files (SPEC 8), and ordinary OpenAI-layout CLIP files (state dicts, TorchScript archives).
+files (docs/method.md §8), and ordinary OpenAI-layout CLIP files (state dicts, TorchScript archives).
 
 This module knows files only: which names and paths mean what is :mod:`smartclip.factory`'s
 business, export to other libraries is :mod:`smartclip.exporting`'s.

@@ -25,7 +25,7 @@ __all__ = ["stretch_positional_embedding", "stretched_length", "MaskNetwork", "S
            "hard_concrete_gate", "build_model", "model_options", "MASK_GATES", "DEFAULT_OPTIONS"]
 
 # The construction options of a SmartCLIP and their defaults (the released model's settings):
-# keep / ratio define the positional stretch; the rest are named departures (SPEC 9).
+# keep / ratio define the positional stretch; the rest are named departures (docs/method.md §9).
 DEFAULT_OPTIONS: Dict[str, Any] = {"keep": 20, "ratio": 4, "soft_mask": False, "mask_padding": False,
                                    "mask_gate": "ste"}
 

@@ -4,7 +4,7 @@ huggingface_hub's cache.
 A tag is ``ARCHITECTURE:TAG``. Ours (``ViT-B-16:smartclip``, ``ViT-L-14:longclip``...) are
 listed in :data:`RELEASED`: each entry names the architecture and model options the file was
 trained with (nothing is guessed from the tensors), the Hugging Face repository and file, the
-licence and the paper's numbers it should reproduce (SPEC 6). Every open_clip tag
+licence and the paper's numbers it should reproduce (docs/method.md §6). Every open_clip tag
 (``ViT-B-16:openai``...) is a tag too, from open_clip's own registry.
 
 Files are fetched with ``huggingface_hub.hf_hub_download`` into its cache (``HF_HUB_CACHE``,
@@ -59,7 +59,7 @@ class Pretrained:
     ``architecture`` (OpenAI's CLIPs use QuickGELU); ``options``: the SmartCLIP options it was
     trained with; ``mask_trained``: whether the file holds a trained mask network (Long-CLIP's
     do not: theirs keeps its fresh initialisation); ``paper``: R@1 image->text / text->image and
-    ImageNet top-1 (%) of SPEC 6, which an evaluation of these weights should reproduce."""
+    ImageNet top-1 (%) of docs/method.md §6, which an evaluation of these weights should reproduce."""
     architecture: str
     tag: str
     hf_hub: str

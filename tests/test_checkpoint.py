@@ -1,4 +1,4 @@
-"""Our checkpoint format, the authors' released .pt layout (SPEC 8), and open_clip export."""
+"""Our checkpoint format, the authors' released .pt layout (docs/method.md §8), and open_clip export."""
 import json
 import argparse
 
@@ -9,7 +9,7 @@ import torch
 import smartclip
 from smartclip.checkpoint import CheckpointError, detect_format
 
-# SPEC 8: the mask network's tensors in the released files
+# docs/method.md §8: the mask network's tensors in the released files
 RELEASED_MASK_KEYS = {
     "mask_net.resblocks.0.attn.in_proj_weight", "mask_net.resblocks.0.attn.in_proj_bias",
     "mask_net.resblocks.0.attn.out_proj.weight", "mask_net.resblocks.0.attn.out_proj.bias",

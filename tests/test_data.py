@@ -82,7 +82,7 @@ def test_clean_caption_replaces_newlines():
 
 
 def test_prefix_sampler_matches_spec_distribution():
-    # SPEC 4: newlines -> spaces, split on ". ", k uniform in 1..n, first k sentences.
+    # docs/method.md §4: newlines -> spaces, split on ". ", k uniform in 1..n, first k sentences.
     caption = "A bear sits.\nIt holds a pen. The pen is red. Snow falls"
     sentences = ["A bear sits", "It holds a pen", "The pen is red", "Snow falls"]
     assert split_sentences(caption) == sentences

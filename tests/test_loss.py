@@ -1,4 +1,4 @@
-"""The modular loss against a direct restatement of SPEC 3, and against open_clip's ClipLoss."""
+"""The modular loss against a direct restatement of docs/method.md §3, and against open_clip's ClipLoss."""
 import os
 import tempfile
 
@@ -14,7 +14,7 @@ from smartclip.model import straight_through_mask
 
 
 def reference_modular_loss(z, t, m, scale=100.0, eps=1e-6, groups=None):
-    """SPEC 3 written literally, with the [N, N, d] tensor the released code builds, and its
+    """docs/method.md §3 written literally, with the [N, N, d] tensor the released code builds, and its
     sparsity term ``torch.mean(torch.abs(use_mask))``.
     ``groups``: pairs of the same image are not each other's negatives."""
     n, dev = z.shape[0], z.device

@@ -1,4 +1,4 @@
-"""Model construction, long text, the mask network and the tokenizer (SPEC 2)."""
+"""Model construction, long text, the mask network and the tokenizer (docs/method.md §2)."""
 import open_clip
 import pytest
 import torch

@@ -89,7 +89,7 @@ def test_registry_names_architecture_source_and_paper_numbers():
         assert entry.model_cfg == {"quick_gelu": True} and entry.license
         assert entry.options == smartclip.model.DEFAULT_OPTIONS
     assert b16.paper["Urban1k"] == (90.5, 87.3) and pretrained.get_pretrained("ViT-L-14", "smartclip").paper["COCO"] == \
-        (66.1, 48.4)  # SPEC 6
+        (66.1, 48.4)  # docs/method.md §6
 
 
 def test_models_command_lists_every_tag_with_its_source(capsys):
@@ -108,7 +108,7 @@ def test_a_registered_tag_is_described_from_the_registry(capsys):
 # ------------------------------------------------------- released files in the hub's cache
 @pytest.fixture(scope="module")
 def released_b16(tmp_path_factory):
-    """A ViT-B/16 SmartCLIP file and a Long-CLIP file in the authors' layout (SPEC 8: fp16 state
+    """A ViT-B/16 SmartCLIP file and a Long-CLIP file in the authors' layout (docs/method.md §8: fp16 state
     dicts, OpenAI names, two [248, 512] positional tables, mask_net.* only in SmartCLIP's)."""
     torch.manual_seed(0)
     cfg = {**smartclip.get_model_config("ViT-B-16"), "quick_gelu": True}

@@ -73,7 +73,7 @@ class SceneBenchmark:
             raise ValueError(f"scene benchmark: split must be one of {list(EVAL_SPLITS)}, got {split!r}")
         self.split = split
         if self.masked:
-            self.protocol = PROTOCOL + "; retrieval and concept prompts ranked by masked scores (SPEC 5)"
+            self.protocol = PROTOCOL + "; retrieval and concept prompts ranked by masked scores (docs/method.md §5)"
         if split != "test":
             self.protocol += f"; scored on the {split} split ({' + '.join(EVAL_SPLITS[split])}), not the test scenes"
         self.labels = load_labels(root_dir)
