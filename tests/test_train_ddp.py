@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import assert_same_gradients, assert_same_loss, float64_training, step_gradients
 from smartclip.checkpoint import read_weights
 from smartclip.train import read_metrics, train
+from conftest import assert_same_gradients, assert_same_loss, float64_training, step_gradients
 from test_train_utils import tiny_config
 
 pytestmark = pytest.mark.slow

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import smartclip
-from conftest import assert_same_gradients, assert_same_loss, step_gradients
 from smartclip.train import ContrastiveStep, LossConfig, build_loss
+from conftest import assert_same_gradients, assert_same_loss, step_gradients
 
 B = 8
 
