@@ -66,6 +66,11 @@ def stretch_positional_embedding(P: torch.Tensor, keep: int = 20, ratio: int = 4
     return torch.cat([P[:keep], between.reshape(-1, P.shape[1]), tail], dim=0)
 
 
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Mask logits in float32 under half-precision autocast; float64 (a float64 model) is kept."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def straight_through_mask(probs: torch.Tensor) -> torch.Tensor:
     """Hard 0/1 mask in the forward pass, the gradient of ``probs`` in the backward pass."""
     hard = (probs >= 0.5).to(probs.dtype)
@@ -349,10 +354,11 @@ class SmartCLIP(nn.Module):
 
     def _mask_from_sequence(self, sequence: torch.Tensor, tokens: torch.Tensor) -> Dict[str, torch.Tensor]:
         logits = self._mask_logits(sequence, tokens)
-        probs = torch.sigmoid(logits.float())
+        probs = torch.sigmoid(_at_least_float32(logits))
         out = {"mask_probs": probs, "mask_logits": logits}
         if self.mask_gate == "hard_concrete":
-            out["mask"], out["mask_l0"] = hard_concrete_gate(logits.float(), self.mask_temperature, self.training)
+            out["mask"], out["mask_l0"] = hard_concrete_gate(_at_least_float32(logits), self.mask_temperature,
+                                                             self.training)
         else:
             out["mask"] = probs if self.soft_mask else straight_through_mask(probs)
         return out
@@ -362,7 +368,7 @@ class SmartCLIP(nn.Module):
         gradient, or the sigmoid probabilities with ``soft=True``."""
         # with mask_padding the padding is ignored anyway, so trimming is exact
         _, sequence = self._text_tower(tokens, trim=self.mask_padding)
-        probs = torch.sigmoid(self._mask_logits(sequence, tokens).float())
+        probs = torch.sigmoid(_at_least_float32(self._mask_logits(sequence, tokens)))
         soft = self.soft_mask if soft is None else soft
         return probs if soft else straight_through_mask(probs)
 
@@ -376,7 +382,7 @@ class SmartCLIP(nn.Module):
             return tokens.new_zeros((0, self.embed_dim), dtype=torch.float32), owner
         with torch.no_grad():
             _, sequence = self._text_tower(sentences, trim=self.mask_padding)
-        return torch.sigmoid(self._mask_logits(sequence, sentences).float()), owner
+        return torch.sigmoid(_at_least_float32(self._mask_logits(sequence, sentences))), owner
 
     def forward(self, images: Optional[torch.Tensor] = None, tokens: Optional[torch.Tensor] = None,
                 with_mask: bool = True, with_sentences: bool = False) -> Dict[str, torch.Tensor]:

@@ -5,6 +5,7 @@
 marked ``device`` automatically, so ``-m device`` selects them); the default is ``cpu``. Tests
 marked ``cuda`` always run on a GPU and are skipped where there is none.
 """
+import contextlib
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -92,3 +93,81 @@ def unused_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------ float64 equivalence checks
+# Two computations that are equal in exact arithmetic but add up in another order (a batch split
+# over processes or micro-batches, another memory layout, another kernel) are compared through
+# the quantities the claim is about: the loss and the parameter gradients of one step, computed
+# in float64. Never through weights after optimizer steps: Adam divides each gradient by its own
+# running magnitude, so a rounding difference Δg in an entry whose gradient is near Adam's eps
+# becomes a weight difference of up to lr·Δg/eps; at float32 that is 1e-4·1e-9/1e-8 = 1e-5, the
+# size of a real error, and how close a gradient lands to eps depends on the CPU's kernels.
+#
+# The tolerance follows from the arithmetic. Summing n terms in two orders differs by at most
+# about 2·n·u·Σ|terms| (u = 2**-53 in float64); here a gradient entry sums at most ~10^4 terms
+# (batch × tokens × width of the micro models) and the few layers of backpropagation amplify a
+# relative error by at most ~10^2 (softmax, normalisations), so differences stay below
+# ~2·10^4·10^2·1.1e-16 ≈ 2e-10 of the terms' size; GRAD_RTOL = 1e-9 leaves a margin of 5. The
+# terms' size is taken as the largest gradient entry of the same tensor, and at least
+# GRAD_FLOOR of the largest of the whole model, for tensors whose gradient is zero in exact
+# arithmetic (the attention key biases: softmax ignores a constant added to every score) and
+# is float noise of terms the size of their neighbours'. A real error - a lost negative, a
+# missing 1/world factor, an unsynchronised gradient, a float32 step inside - is 1e-7 (float32
+# rounding) or more, a hundred times the tolerance and up.
+U64 = 2.0 ** -53
+GRAD_RTOL = 1e-9
+GRAD_FLOOR = 1e-3
+
+
+def step_gradients(model: torch.nn.Module) -> dict:
+    """``{name: gradient}`` of the parameters that received one (a copy)."""
+    return {name: p.grad.detach().clone().cpu() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def gradient_differences(a: dict, b: dict) -> dict:
+    """``{name: max |a - b| / scale}``, the scale as in the comment above (``b``'s magnitudes)."""
+    assert a.keys() == b.keys(), sorted(set(a) ^ set(b))
+    assert all(t.dtype == torch.float64 for t in (*a.values(), *b.values())), \
+        "the equivalence checks compare float64 gradients"
+    biggest = max(t.abs().max().item() for t in b.values() if t.numel())
+    assert biggest > 0, "no gradient at all"
+    out = {}
+    for name in a:
+        if not a[name].numel():
+            continue
+        scale = max(b[name].abs().max().item(), GRAD_FLOOR * biggest)
+        out[name] = (a[name] - b[name]).abs().max().item() / scale
+    return out
+
+
+def assert_same_gradients(a: dict, b: dict, rtol: float = GRAD_RTOL):
+    """Two float64 gradient dicts equal up to summation order (see the comment above)."""
+    worst = max((d, name) for name, d in gradient_differences(a, b).items())
+    assert worst[0] <= rtol, f"gradients differ by {worst[0]:.3g} of their scale in {worst[1]} (tolerance {rtol:g})"
+
+
+def assert_same_loss(a: float, b: float, rtol: float = 8 * 2.0 ** -24):
+    """Two losses of one step as the step reports them: float64 losses rounded to float32 by
+    ``StepOutput`` (and averaged over processes in float32): up to four float32 roundings apart."""
+    assert a == pytest.approx(b, rel=rtol, abs=0), (a, b)
+
+
+@contextlib.contextmanager
+def float64_training():
+    """``smartclip.train.train`` (and anything else) in float64 inside the block: the default
+    dtype is float64, which torchvision's ``to_tensor`` follows for the images, and
+    ``smartclip.create_model``, which casts to float32, returns the model in float64."""
+    import smartclip
+    previous, create = torch.get_default_dtype(), smartclip.create_model
+
+    def create_model(*args, **kwargs):
+        return create(*args, **kwargs).double()
+
+    torch.set_default_dtype(torch.float64)
+    smartclip.create_model = create_model
+    try:
+        yield
+    finally:
+        smartclip.create_model = create
+        torch.set_default_dtype(previous)

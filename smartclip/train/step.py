@@ -87,7 +87,8 @@ class ContrastiveStep:
 
     def _loss(self, image_features, text_features, mask, logit_scale, image_index, mask_l0=None):
         if self.objective == "smartclip" and mask is None:
-            mask = torch.ones_like(text_features, dtype=torch.float32)
+            # float32 under half-precision autocast, float64 for a float64 model
+            mask = torch.ones_like(text_features, dtype=torch.promote_types(text_features.dtype, torch.float32))
         groups = None
         if image_index.numel() != image_features.shape[0]:
             # k captions per image: other captions of the same image are not negatives.
