@@ -1,8 +1,10 @@
 """The ``smartclip`` command: a thin dispatcher over the library.
 
 Each sub-command lives in ``smartclip/cli/<module>.py`` and defines
-``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only when
-their command runs, so ``smartclip --help`` stays fast.
+``add_arguments(parser)`` and ``run(args) -> int``, and may define ``prepare(args)``: checks
+that need no model (data, paths), run before ``--model`` is resolved; a number it returns is
+the exit status. Modules are imported only when their command runs, so ``smartclip --help``
+stays fast. Every command runs with the thread counts of :mod:`smartclip.threads`.
 """
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import argparse
 import importlib
 import importlib.util
 import sys
+
+from .. import __version__, threads
 
 # command -> (module under smartclip.cli, one-line description)
 COMMANDS = {
@@ -36,16 +40,20 @@ def _available():
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = _available()
+    width = max(map(len, commands))
     top = argparse.ArgumentParser(
         prog="smartclip",
         description="SmartCLIP: train, evaluate and use CLIP models with text-conditioned masks.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="commands:\n" + "\n".join(f"  {n:<8} {h}" for n, (_, h) in commands.items()),
+        epilog="commands:\n" + "\n".join(f"  {n:<{width}}  {h}" for n, (_, h) in commands.items()),
     )
     top.add_argument("command", choices=sorted(commands), metavar="COMMAND")
+    top.add_argument("--version", action="version", version=f"smartclip {__version__}")
     if not argv or argv[0] in ("-h", "--help"):
         top.print_help()
         return 0
+    if argv[0] == "--version":
+        top.parse_args(argv[:1])  # prints the version and exits 0
     if argv[0] not in commands:
         top.parse_args(argv[:1])  # prints the valid choices and exits 2
     name = argv[0]
@@ -53,6 +61,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog=f"smartclip {name}", description=commands[name][1])
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
+    threads.configure()  # before the command imports torch, so that OpenMP reads the settings
+    prepare = getattr(module, "prepare", None)
+    if prepare is not None:
+        status = prepare(args)
+        if status is not None:
+            return int(status)
     try:
         if getattr(args, "model", None):
             # every command that takes --model checks it before any other work, so a typo, a run
