@@ -44,8 +44,8 @@ def child(setting: str, steps: int, data: str, run_dir: str) -> dict:
     from smartclip.train import load_config, train
 
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [
-        f"train.steps={steps}", f"run_dir={run_dir}", f"data.train={data}/train_long.csv", "eval.every_steps=0",
-        "eval.at_end=false", "checkpoint.every_steps=0", f"train.log_every={steps}"])
+        f"train.steps={steps}", f"run_dir={run_dir}", f"data.train={data}/train_long.csv", "eval.specs=[]",
+        "eval.every_steps=0", "eval.at_end=false", "checkpoint.every_steps=0", f"train.log_every={steps}"])
     started = time.perf_counter()
     train(cfg)
     seconds = time.perf_counter() - started

@@ -249,8 +249,10 @@ print(json.dumps(heavy))
 @pytest.mark.slow
 def test_console_command_offline_tag_is_one_line(tmp_path):
     """The 58-line traceback of the issue: ``smartclip eval --model ViT-B-16:openai`` offline."""
+    (tmp_path / "pairs.csv").write_text("filepath,title\na.jpg,a photo\n")  # the data is checked first
     done = subprocess.run([sys.executable, "-m", "smartclip", "eval", "--model", "ViT-B-16:openai",
-                           "--benchmarks", "coco"], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                           "--benchmarks", "retrieval:pairs.csv"], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=300,
                           env=_env(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf")))
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()

@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", default=None,
                         help="folder holding each dataset in its default sub-folder (default: $SMARTCLIP_DATA)")
     parser.add_argument("--out", default=None, help="folder for eval_<hash>.json and eval_<hash>.md")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results of the same model already in --out (without it they are kept "
+                             "and the run is refused)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--batch-size", type=int, default=64)
@@ -159,6 +162,12 @@ def run(args) -> int:
     try:
         args.device = args.device or _default_device()
         model, _, _ = smartclip.load(args.model, device=args.device, precision=args.precision)
+        if args.out and not args.overwrite:
+            existing = os.path.join(args.out, f"eval_{smartclip.state_dict_hash(model)}.json")
+            if os.path.isfile(existing):
+                print(f"error: {existing} already holds results of this model; pass --overwrite to replace them, "
+                      f"or choose another --out", file=sys.stderr)
+                return 2
         results = evaluate(
             model, args.benchmarks, root=args.data_root, device=args.device, batch_size=args.batch_size,
             out_dir=args.out, allow_partial=args.allow_partial, progress=not args.no_progress,

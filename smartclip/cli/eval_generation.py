@@ -25,11 +25,34 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--kid-subsets", type=int, default=100)
     parser.add_argument("--kid-subset-size", type=int, default=1000, help="capped at the number of pairs")
     parser.add_argument("--out", default=None, help="folder for eval_generation.json / .md (default: --generated)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the eval_generation.json / .md already in --out (without it the run is refused)")
     parser.add_argument("--device", default=None, help="default: cuda when available")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--allow-partial", action="store_true",
                         help="score the pairs found when some generated images have no reference (marked partial)")
     parser.add_argument("--no-progress", action="store_true")
+
+
+def prepare(args):
+    """Paths before any feature extractor is loaded: a missing folder is reported as missing,
+    and earlier results are not replaced without --overwrite."""
+    from pathlib import Path
+    for flag, path in (("--generated", args.generated), ("--reference", args.reference)):
+        if not Path(path).is_dir():
+            print(f"error: {flag} {path}: no such folder", file=sys.stderr)
+            return 2
+    for flag, path in (("--inception-weights", args.inception_weights), ("--vgg16-weights", args.vgg16_weights),
+                       ("--dinov2", args.dinov2)):
+        if path and not Path(path).exists():
+            print(f"error: {flag} {path}: no such file or folder", file=sys.stderr)
+            return 2
+    existing = Path(args.out or args.generated) / "eval_generation.json"
+    if existing.is_file() and not args.overwrite:
+        print(f"error: {existing} already holds results; pass --overwrite to replace them, or choose another --out",
+              file=sys.stderr)
+        return 2
+    return None
 
 
 def run(args) -> int:

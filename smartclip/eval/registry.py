@@ -363,6 +363,8 @@ def _layout_message(spec: DatasetSpec, root: Path, problem: str) -> str:
 
 def _retrieval_csv(path: str, *, masked: bool = False, num_workers: int = 0) -> Benchmark:
     p = Path(path).expanduser()
+    if not p.is_file():  # checked here, before any model is loaded
+        raise DatasetNotFoundError(f"retrieval:{path}: no such file (a CSV of image paths and captions)")
     protocol = f"retrieval:{p.name}: every row of the CSV, captions grouped by image; {RETRIEVAL}"
     return RetrievalBenchmark(f"retrieval:{p.name}", protocol, lambda: ds.load_retrieval_csv(p), root=p.parent,
                               masked=masked, num_workers=num_workers)
@@ -371,6 +373,8 @@ def _retrieval_csv(path: str, *, masked: bool = False, num_workers: int = 0) -> 
 def _class_folders(path: str, *, classnames: Optional[str] = None, templates: Optional[str] = None,
                    masked: bool = False, num_workers: int = 0) -> Benchmark:
     p = Path(path).expanduser()
+    if not p.is_dir():
+        raise DatasetNotFoundError(f"classification:{path}: no such folder (one sub-folder of images per class)")
     template_list = _read_templates(templates)
     source = "class names from " + (classnames or "classnames.txt if present, else folder names")
     zero_shot = ZERO_SHOT if not templates else ZERO_SHOT.replace("OpenAI's 80 ImageNet templates",
