@@ -204,7 +204,9 @@ def test_available_cores_follow_affinity_and_cgroup_quota(tmp_path, monkeypatch)
 
 
 def test_the_command_line_applies_the_thread_plan_before_torch_is_imported():
-    code = ("import os, sys; from smartclip.cli import main; main(['models']);"
+    """The console command (``smartclip``, ``python -m smartclip``) sets the threads; ``main(argv)``
+    from Python does not touch them."""
+    code = ("import os, sys; sys.argv = ['smartclip', 'models']; from smartclip.cli import console; console();"
             "import torch; print(os.environ['OMP_NUM_THREADS'], os.environ['OMP_WAIT_POLICY'], torch.get_num_threads())")
     env = _env()
     env.pop("OMP_NUM_THREADS", None), env.pop("OMP_WAIT_POLICY", None)

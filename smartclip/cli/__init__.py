@@ -4,7 +4,8 @@ Each sub-command lives in ``smartclip/cli/<module>.py`` and defines
 ``add_arguments(parser)`` and ``run(args) -> int``, and may define ``prepare(args)``: checks
 that need no model (data, paths), run before ``--model`` is resolved; a number it returns is
 the exit status. Modules are imported only when their command runs, so ``smartclip --help``
-stays fast. Every command runs with the thread counts of :mod:`smartclip.threads`.
+stays fast. The console command (:func:`console`) runs with the thread counts of
+:mod:`smartclip.threads`.
 """
 from __future__ import annotations
 
@@ -61,7 +62,6 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog=f"smartclip {name}", description=commands[name][1])
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
-    threads.configure()  # before the command imports torch, so that OpenMP reads the settings
     prepare = getattr(module, "prepare", None)
     if prepare is not None:
         status = prepare(args)
@@ -81,6 +81,14 @@ def main(argv=None) -> int:
         return 2
 
 
+def console() -> int:
+    """The ``smartclip`` console command (and ``python -m smartclip``): :func:`main` with the
+    thread counts of :mod:`smartclip.threads`, set before any command imports torch so that
+    OpenMP reads them. ``main(argv)`` called from Python leaves the caller's threads alone."""
+    threads.configure()
+    return main()
+
+
 def _is_model_not_found(error: Exception) -> bool:
     # looked up, not imported: importing smartclip.checkpoint costs torch's start-up time, and
     # when it is not imported, nothing can have raised its error
@@ -89,4 +97,4 @@ def _is_model_not_found(error: Exception) -> bool:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(console())
