@@ -59,6 +59,7 @@ def run(args) -> int:
     import torch
 
     from smartclip.generation import IncompletePairsError, evaluate_generation, write_generation_results
+    from smartclip.generation.pipeline import progress_bars
 
     try:
         import torch_fidelity  # noqa: F401
@@ -68,11 +69,12 @@ def run(args) -> int:
         return 2
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        record = evaluate_generation(
-            args.generated, args.reference, inception_weights=args.inception_weights,
-            vgg16_weights=args.vgg16_weights, dinov2=args.dinov2, prc_features=args.prc_features,
-            kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size, k=args.k, device=device,
-            batch_size=args.batch_size, allow_partial=args.allow_partial, progress=not args.no_progress)
+        with progress_bars(not args.no_progress):  # transformers' loading bars of DINOv2 too
+            record = evaluate_generation(
+                args.generated, args.reference, inception_weights=args.inception_weights,
+                vgg16_weights=args.vgg16_weights, dinov2=args.dinov2, prc_features=args.prc_features,
+                kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size, k=args.k, device=device,
+                batch_size=args.batch_size, allow_partial=args.allow_partial, progress=not args.no_progress)
     except (IncompletePairsError, ValueError, FileNotFoundError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
