@@ -34,12 +34,19 @@ class ModelLoaded(Exception):
 
 @pytest.fixture()
 def no_model(monkeypatch):
-    """Any attempt to resolve or load a model fails the test: the check must come first."""
+    """Downloading or loading a model fails the test: the data check must come first (checking
+    the model's name or path, which reads nothing, may come before it)."""
     import smartclip.factory
+    check_only = smartclip.factory.resolve_model
+
+    def resolve(spec, pretrained=None, *, download=False):
+        if download:
+            raise ModelLoaded("weights were fetched before the data was checked")
+        return check_only(spec, pretrained)
 
     def refuse(*args, **kwargs):
-        raise ModelLoaded("a model was resolved or loaded before the data was checked")
-    monkeypatch.setattr(smartclip.factory, "resolve_model", refuse)
+        raise ModelLoaded("a model was loaded before the data was checked")
+    monkeypatch.setattr(smartclip.factory, "resolve_model", resolve)
     monkeypatch.setattr(smartclip, "load", refuse)
 
 

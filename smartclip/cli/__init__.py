@@ -2,8 +2,8 @@
 
 Each sub-command lives in ``smartclip/cli/<module>.py`` and defines
 ``add_arguments(parser)`` and ``run(args) -> int``, and may define ``prepare(args)``: checks
-that need no model (data, paths), run before ``--model`` is resolved; a number it returns is
-the exit status. Modules are imported only when their command runs, so ``smartclip --help``
+that need no model (data, paths), run after ``--model`` is checked by name or path and before
+its weights are downloaded or loaded; a number it returns is the exit status. Modules are imported only when their command runs, so ``smartclip --help``
 stays fast. The console command (:func:`console`) runs with the thread counts of
 :mod:`smartclip.threads`.
 """
@@ -62,17 +62,20 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog=f"smartclip {name}", description=commands[name][1])
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
-    prepare = getattr(module, "prepare", None)
-    if prepare is not None:
-        status = prepare(args)
-        if status is not None:
-            return int(status)
     try:
-        if getattr(args, "model", None):
+        model = getattr(args, "model", None)
+        if model:
             # every command that takes --model checks it before any other work, so a typo, a run
-            # folder or an offline tag is reported at once, in one line
+            # folder or an unknown tag is reported at once, in one line; nothing is downloaded yet
             from smartclip.factory import resolve_model
-            resolve_model(args.model, download=True)
+            resolve_model(model)
+        prepare = getattr(module, "prepare", None)
+        if prepare is not None:  # the data and paths, before any weights are downloaded or loaded
+            status = prepare(args)
+            if status is not None:
+                return int(status)
+        if model:
+            resolve_model(model, download=True)  # an open_clip tag's weights (offline: one line)
         return int(module.run(args) or 0)
     except Exception as e:
         if not _is_model_not_found(e):
