@@ -4,7 +4,6 @@ Short messages, data checked before any model, packaged configs by name, one rep
 torchrun job, the version, the help table, paths checked before generation loads anything,
 and every command that writes into a folder holding results naming the flag that overrides.
 """
-import json
 import os
 import subprocess
 import sys
