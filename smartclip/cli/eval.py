@@ -162,8 +162,9 @@ def run(args) -> int:
     try:
         args.device = args.device or _default_device()
         model, _, _ = smartclip.load(args.model, device=args.device, precision=args.precision)
+        model_hash = smartclip.state_dict_hash(model)
         if args.out and not args.overwrite:
-            existing = os.path.join(args.out, f"eval_{smartclip.state_dict_hash(model)}.json")
+            existing = os.path.join(args.out, f"eval_{model_hash}.json")
             if os.path.isfile(existing):
                 print(f"error: {existing} already holds results of this model; pass --overwrite to replace them, "
                       f"or choose another --out", file=sys.stderr)
@@ -176,7 +177,7 @@ def run(args) -> int:
             ImportError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
         return 2
-    record = run_record(model, results, smartclip.state_dict_hash(model), args.model, args.device)
+    record = run_record(model, results, model_hash, args.model, args.device)
     print(markdown_table(record))
     if args.out:
         print(f"\nwrote {os.path.join(args.out, 'eval_' + record['checkpoint_hash'])}.json / .md")
