@@ -146,7 +146,7 @@ def test_paper_suite_gives_clip_benchmarks_numbers_beside_the_papers(exported, p
     # two of the nine are absent: refused, naming both layouts and paths looked for ...
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "no data for 2 of 9 benchmarks" in err and "also missing: imagenetv2" in err and "--allow-partial" in err
+    assert "no data for 2 of 10 benchmarks" in err and "also missing: imagenetv2" in err and "--allow-partial" in err
     assert "imagenet1k: neither" in err and str(paper_root / "wds_imagenet1k") in err
     assert main(args + ["--verbose"]) == 2  # every missing set with both layouts
     err = capsys.readouterr().err
