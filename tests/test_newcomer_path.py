@@ -118,7 +118,9 @@ def test_train_finds_the_packaged_configs_by_name_from_any_folder(tmp_path, monk
     err = capsys.readouterr().err
     assert "tiyn: no such config file (did you mean tiny?)" in err and "sharegpt4v_b16" in err
     assert cli(["train", "tiny"]) == 2  # without --print-config the data must exist
-    assert "data.train: 'data/scenes/train_long.csv' does not exist" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "data.train: 'data/scenes/train_long.csv' does not exist" in err
+    assert "this config's first line is its command: python -c" in err  # how to write that data
 
 
 def test_packaged_configs_are_the_repositorys_and_ship_as_package_data():

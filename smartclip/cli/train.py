@@ -80,6 +80,17 @@ def _fail(message: str, status: int) -> int:
     return status
 
 
+def _data_hint(config: Optional[str], error: Exception) -> str:
+    """For missing training data: the config's first line, which is the command that writes its
+    data and runs it (every shipped config starts so)."""
+    if config is None or "data.train:" not in str(error):
+        return ""
+    first = Path(config).read_text().splitlines()[:1]
+    if first and first[0].startswith("# ") and "smartclip train" in first[0]:
+        return f"\n  this config's first line is its command: {first[0][2:].strip()}"
+    return ""
+
+
 def run(args) -> int:
     import yaml
     from smartclip.train import ConfigError, TrainingStopped, config_to_dict, load_config, train
@@ -96,7 +107,7 @@ def run(args) -> int:
     try:
         cfg = load_config(config, overrides, check_data=not args.print_config)
     except ConfigError as e:
-        return _fail(f"smartclip train: invalid configuration: {e}", 2)
+        return _fail(f"smartclip train: invalid configuration: {e}{_data_hint(config, e)}", 2)
     if args.print_config:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return 0
