@@ -1,3 +1,5 @@
-from smartclip.cli import main
 import sys
-sys.exit(main())
+
+from smartclip.cli import console
+
+sys.exit(console())

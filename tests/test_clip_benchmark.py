@@ -147,8 +147,11 @@ def test_paper_suite_gives_clip_benchmarks_numbers_beside_the_papers(exported, p
     # two of the nine are absent: refused, naming both layouts and paths looked for ...
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "imagenet1k: neither" in err and str(paper_root / "wds_imagenet1k") in err and "val/<wnid>" in err
-    assert "imagenetv2: neither" in err and "--allow-partial" in err
+    assert "no data for 2 of 10 benchmarks" in err and "also missing: imagenetv2" in err and "--allow-partial" in err
+    assert "imagenet1k: neither" in err and str(paper_root / "wds_imagenet1k") in err
+    assert main(args + ["--verbose"]) == 2  # every missing set with both layouts
+    err = capsys.readouterr().err
+    assert "imagenet1k: neither" in err and "val/<wnid>" in err and "imagenetv2: neither" in err
     # ... and with partial results allowed, the others run and the absent ones are shown as not run
     assert main(args + ["--allow-partial"]) == 0
     run = read_results(next(tmp_path.glob("eval_*.json")))

@@ -133,7 +133,9 @@ def test_eval_generation_cli(tmp_path, weights, capsys):
     # a generated image without a reference is refused unless a partial score is asked for; only the
     # metrics whose weights are given are computed; no weights at all is a usage error
     generated[0].save(tmp_path / "gen" / "extra.png")
-    assert main(args) == 2
+    assert main(args) == 2  # the results already there are kept ...
+    assert "eval_generation.json already holds results; pass --overwrite" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 2  # ... unless replaced
     assert "1 generated image(s) have no reference image, e.g. extra" in capsys.readouterr().err
     assert main(args[:5] + ["--dinov2", str(weights["dinov2"]), "--out", str(tmp_path / "d"), "--allow-partial",
                             "--no-progress"]) == 0
@@ -141,7 +143,7 @@ def test_eval_generation_cli(tmp_path, weights, capsys):
     assert record["partial"] and record["counts"] == {"pairs": 5, "missing": 1}
     assert set(record["metrics"]) == {"dino_l"} and set(record["not_computed"]) == {"kid", "precision_recall_f1"}
     assert "PARTIAL: 1 generated images without a reference" in (tmp_path / "d" / "eval_generation.md").read_text()
-    assert main(args[:5]) == 2 and "no feature extractor weights given" in capsys.readouterr().err
+    assert main(args[:5] + ["--overwrite"]) == 2 and "no feature extractor weights given" in capsys.readouterr().err
 
 
 def test_evaluate_generation_refuses_missing_folders(tmp_path):

@@ -1,8 +1,11 @@
 """The ``smartclip`` command: a thin dispatcher over the library.
 
 Each sub-command lives in ``smartclip/cli/<module>.py`` and defines
-``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only when
-their command runs, so ``smartclip --help`` stays fast.
+``add_arguments(parser)`` and ``run(args) -> int``, and may define ``prepare(args)``: checks
+that need no model (data, paths), run after ``--model`` is checked by name or path and before
+its weights are downloaded or loaded; a number it returns is the exit status. Modules are imported only when their command runs, so ``smartclip --help``
+stays fast. The console command (:func:`console`) runs with the thread counts of
+:mod:`smartclip.threads`.
 """
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ import argparse
 import importlib
 import importlib.util
 import sys
+
+from .. import __version__, threads
 
 # command -> (module under smartclip.cli, one-line description)
 COMMANDS = {
@@ -36,16 +41,20 @@ def _available():
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = _available()
+    width = max(map(len, commands))
     top = argparse.ArgumentParser(
         prog="smartclip",
         description="SmartCLIP: train, evaluate and use CLIP models with text-conditioned masks.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="commands:\n" + "\n".join(f"  {n:<8} {h}" for n, (_, h) in commands.items()),
+        epilog="commands:\n" + "\n".join(f"  {n:<{width}}  {h}" for n, (_, h) in commands.items()),
     )
     top.add_argument("command", choices=sorted(commands), metavar="COMMAND")
+    top.add_argument("--version", action="version", version=f"smartclip {__version__}")
     if not argv or argv[0] in ("-h", "--help"):
         top.print_help()
         return 0
+    if argv[0] == "--version":
+        top.parse_args(argv[:1])  # prints the version and exits 0
     if argv[0] not in commands:
         top.parse_args(argv[:1])  # prints the valid choices and exits 2
     name = argv[0]
@@ -54,17 +63,33 @@ def main(argv=None) -> int:
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
     try:
-        if getattr(args, "model", None):
+        model = getattr(args, "model", None)
+        if model:
             # every command that takes --model checks it before any other work, so a typo, a run
-            # folder or an offline tag is reported at once, in one line
+            # folder or an unknown tag is reported at once, in one line; nothing is downloaded yet
             from smartclip.factory import resolve_model
-            resolve_model(args.model, download=True)
+            resolve_model(model)
+        prepare = getattr(module, "prepare", None)
+        if prepare is not None:  # the data and paths, before any weights are downloaded or loaded
+            status = prepare(args)
+            if status is not None:
+                return int(status)
+        if model:
+            resolve_model(model, download=True)  # an open_clip tag's weights (offline: one line)
         return int(module.run(args) or 0)
     except Exception as e:
         if not _is_model_not_found(e):
             raise
         print(f"smartclip {name}: error: {e}", file=sys.stderr)
         return 2
+
+
+def console() -> int:
+    """The ``smartclip`` console command (and ``python -m smartclip``): :func:`main` with the
+    thread counts of :mod:`smartclip.threads`, set before any command imports torch so that
+    OpenMP reads them. ``main(argv)`` called from Python leaves the caller's threads alone."""
+    threads.configure()
+    return main()
 
 
 def _is_model_not_found(error: Exception) -> bool:
@@ -75,4 +100,4 @@ def _is_model_not_found(error: Exception) -> bool:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(console())

@@ -14,11 +14,28 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--shard-size", type=int, default=1024,
                         help="images per resumable shard (a rerun continues after the last finished one)")
-    parser.add_argument("--restart", action="store_true", help="discard an unfinished or different run in --out")
+    parser.add_argument("--restart", action="store_true",
+                        help="replace what --out holds when it is an unfinished run or embeddings of other "
+                             "inputs or another model (without it, such a folder is refused)")
     parser.add_argument("--column", help="CSV column holding image paths (default: path, filepath, image...)")
     parser.add_argument("--id-column", help="CSV column holding ids (default: an 'id' column, else the path)")
     parser.add_argument("--parquet", action="store_true", help="also write embeddings.parquet (needs pyarrow)")
     parser.add_argument("--no-progress", action="store_true")
+
+
+def _check_text_folder(out, source, model_hash: str, restart: bool) -> None:
+    """Text embeddings are written in one go: the same texts with the same model are simply
+    encoded again; anything else already in ``out`` is refused unless ``restart``."""
+    meta_file = out / "meta.json"
+    if restart or not meta_file.is_file():
+        return
+    import json
+    meta = json.loads(meta_file.read_text())
+    same = (meta.get("kind"), meta.get("source"), meta.get("model_hash")) == ("texts", source.description, model_hash)
+    if not same:
+        raise ValueError(f"{out} already holds {meta.get('kind', 'other')} embeddings of {meta.get('source')} "
+                         f"(model {meta.get('model')} {meta.get('model_hash')}); choose another --out, or pass "
+                         f"--restart to replace them")
 
 
 def run(args) -> int:
@@ -40,6 +57,7 @@ def run(args) -> int:
                                                 progress=not args.no_progress, model_spec=args.model,
                                                 restart=args.restart)
         else:
+            _check_text_folder(Path(args.out), source, smartclip.state_dict_hash(model), args.restart)
             result = search.encode_text_source(model, tokenizer, source, args.out, batch_size=args.batch_size,
                                                device=args.device, progress=not args.no_progress,
                                                model_spec=args.model)

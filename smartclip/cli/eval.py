@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Optional
 
 import yaml
 
@@ -23,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", default=None,
                         help="folder holding each dataset in its default sub-folder (default: $SMARTCLIP_DATA)")
     parser.add_argument("--out", default=None, help="folder for eval_<hash>.json and eval_<hash>.md")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results of the same model already in --out (without it they are kept "
+                             "and the run is refused)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--batch-size", type=int, default=64)
@@ -38,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a benchmark option, e.g. coco.expected_images=100 or "
                              "classification:/d.classnames=/d/names.txt (value parsed as YAML)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="with missing data, list every benchmark without data and the layouts looked for")
     parser.add_argument("--list", action="store_true", help="list benchmarks with their protocols and data layout")
     parser.add_argument("--compare", nargs="+", metavar="RESULTS_JSON", help="side-by-side table of results files")
 
@@ -102,6 +108,40 @@ def _compare(paths) -> int:
     return 0
 
 
+def _needs_model(args) -> bool:
+    return not (args.list or args.compare)
+
+
+def prepare(args) -> Optional[int]:
+    """The data, before the model: a missing dataset or a typo in a name fails in seconds,
+    without loading (or downloading) any weights."""
+    if not _needs_model(args):
+        return None
+    if not args.model or not args.benchmarks:
+        print("error: --model and --benchmarks are required (or use --list / --compare)", file=sys.stderr)
+        return 2
+    from smartclip.eval import DatasetFormatError, DatasetNotFoundError
+    from smartclip.eval.runner import MissingDataError, plan_evaluation
+    try:
+        options = _parse_settings(args.settings, args.benchmarks)
+        if args.masked:
+            for spec in args.benchmarks:
+                options.setdefault(spec, {})["masked"] = True
+        args.plan = plan_evaluation(args.benchmarks, root=args.data_root, allow_partial=args.allow_partial,
+                                    options=options, num_workers=args.workers)
+    except MissingDataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if args.verbose:
+            print(exc.details(), file=sys.stderr)
+        else:
+            print("  (every missing set, with the layouts looked for: add --verbose)", file=sys.stderr)
+        return 2
+    except (DatasetNotFoundError, DatasetFormatError, KeyError, ValueError, TypeError, ImportError) as exc:
+        print(f"error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
+        return 2
+    return None
+
+
 def run(args) -> int:
     if args.list:
         return _list()
@@ -111,33 +151,33 @@ def run(args) -> int:
         except (FileNotFoundError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    if not args.model or not args.benchmarks:
-        print("error: --model and --benchmarks are required (or use --list / --compare)", file=sys.stderr)
-        return 2
+    if getattr(args, "plan", None) is None:  # run() called without prepare()
+        status = prepare(args)
+        if status is not None:
+            return status
     import smartclip
-    from smartclip.eval import (DatasetFormatError, DatasetNotFoundError, IncompleteBenchmarkError, evaluate,
-                                markdown_table)
+    from smartclip.eval import DatasetFormatError, DatasetNotFoundError, IncompleteBenchmarkError, evaluate, \
+        markdown_table
     from smartclip.eval.runner import run_record
-    try:
-        options = _parse_settings(args.settings, args.benchmarks)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.masked:
-        for spec in args.benchmarks:
-            options.setdefault(spec, {})["masked"] = True
     try:
         args.device = args.device or _default_device()
         model, _, _ = smartclip.load(args.model, device=args.device, precision=args.precision)
+        model_hash = smartclip.state_dict_hash(model)
+        if args.out and not args.overwrite:
+            existing = os.path.join(args.out, f"eval_{model_hash}.json")
+            if os.path.isfile(existing):
+                print(f"error: {existing} already holds results of this model; pass --overwrite to replace them, "
+                      f"or choose another --out", file=sys.stderr)
+                return 2
         results = evaluate(
             model, args.benchmarks, root=args.data_root, device=args.device, batch_size=args.batch_size,
             out_dir=args.out, allow_partial=args.allow_partial, progress=not args.no_progress,
-            cache_dir=args.cache_dir, options=options, model_label=args.model, num_workers=args.workers)
+            cache_dir=args.cache_dir, model_label=args.model, num_workers=args.workers, plan=args.plan)
     except (DatasetNotFoundError, DatasetFormatError, IncompleteBenchmarkError, KeyError, ValueError,
             ImportError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
         return 2
-    record = run_record(model, results, smartclip.state_dict_hash(model), args.model, args.device)
+    record = run_record(model, results, model_hash, args.model, args.device)
     print(markdown_table(record))
     if args.out:
         print(f"\nwrote {os.path.join(args.out, 'eval_' + record['checkpoint_hash'])}.json / .md")

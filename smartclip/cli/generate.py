@@ -44,6 +44,24 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--no-progress", action="store_true")
 
 
+def prepare(args):
+    """Every path before anything is loaded: a missing folder or file is reported as missing, in
+    one line, before the text model is built."""
+    import os
+    from smartclip.generation.pipeline import check_pipeline_folder
+    try:
+        check_pipeline_folder(args.sdxl)
+        if args.refiner:
+            check_pipeline_folder(args.refiner, "refiner")
+        for flag, path in (("--prompts", args.prompts), ("--bigg", args.bigg)):
+            if path and not os.path.isfile(path):
+                raise FileNotFoundError(f"{flag} {path}: no such file")
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return None
+
+
 def run(args) -> int:
     import torch
 
@@ -69,7 +87,7 @@ def run(args) -> int:
         model_hash = smartclip.state_dict_hash(model)  # of the weights as stored, before any cast
         sdxl = LongPromptSDXL.from_pretrained(model, args.sdxl, refiner_dir=args.refiner, bigg_checkpoint=args.bigg,
                                               bigg_arch=args.bigg_arch, layer=args.layer, device=device,
-                                              dtype=dtype, variant=args.variant)
+                                              dtype=dtype, variant=args.variant, progress=not args.no_progress)
         description = {"model": args.model, "model_hash": model_hash, "sdxl": args.sdxl,
                        "refiner_dir": args.refiner, "bigg": args.bigg or "text_encoder_2 of --sdxl",
                        "precision": precision}

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..threads import worker_init
 from .errors import BadImage, DataError
 from .plan import batches_per_epoch, epoch_plan, rank_batch, sample_seed
 from .records import RecordTable
@@ -68,8 +69,7 @@ class _RecordDataset(Dataset):
                         f"(last: {last}); check the data with `smartclip data check`")
 
 
-def _worker_init(_):
-    torch.set_num_threads(1)
+_worker_init = worker_init  # one thread per DataLoader worker (smartclip.threads)
 
 
 class MapStyleBackend:

@@ -17,6 +17,7 @@ from whichever of its two folders exists.
 """
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -217,9 +218,10 @@ def expand_suites(specs: Sequence[str], root: Optional[str] = None) -> Tuple[Lis
             found = next(((n, p) for n, p in candidates if p.is_dir()), None)
             if found is None:
                 member = candidates[0][0]
-                absent[member] = (f"{dataset_id}: neither {candidates[0][1]} (CLIP_benchmark's WebDataset layout: "
-                                  f"{WDS_LAYOUT}) nor {candidates[1][1]} ({CLIP_BENCHMARK_DATASETS[dataset_id].layout})"
-                                  f" exists")
+                # first line: what was looked for; then each layout (the CLI shows the first line)
+                absent[member] = (f"{dataset_id}: neither {candidates[0][1]} nor {candidates[1][1]} exists\n"
+                                  f"    {candidates[0][1]}: CLIP_benchmark's WebDataset layout: {WDS_LAYOUT}\n"
+                                  f"    {candidates[1][1]}: {CLIP_BENCHMARK_DATASETS[dataset_id].layout}")
                 out.append((member, name))
             else:
                 out.append((f"{found[0]}:{found[1]}" if arg else found[0], name))
@@ -234,6 +236,22 @@ def absent_result(spec: str, looked_for: str) -> dict:
     return {**result, "paper": paper} if paper else result
 
 
+def suggest_benchmarks(name: str, limit: int = 8) -> List[str]:
+    """Registered names close to ``name``: spelled alike (``flikr30k`` -> ``flickr30k``), or
+    containing it (``sun397`` -> ``clip_benchmark/sun397``)."""
+    names = list(_REGISTRY) + list(SUITES)
+    leaf = name.split("/")[-1]
+    by_leaf: Dict[str, List[str]] = {}
+    for n in names:
+        by_leaf.setdefault(n.split("/")[-1], []).append(n)
+    close = [n for m in difflib.get_close_matches(leaf, list(by_leaf), n=limit, cutoff=0.75) for n in by_leaf[m]]
+    close += difflib.get_close_matches(name, names, n=limit, cutoff=0.9)
+    close += [n for n in names if leaf and leaf in n]
+    shown = {n: f"{n}:{'PATH' if n == 'retrieval' else 'DIR'}" if n in _REGISTRY and _REGISTRY[n].prefix else n
+             for n in names}
+    return list(dict.fromkeys(shown[n] for n in close))[:limit]
+
+
 def get_benchmark(spec: str, root: Optional[str] = None, **options) -> Benchmark:
     """A runnable benchmark from a spec: ``"coco"``, ``"coco:/data/coco"``, ``"retrieval:pairs.csv"``,
     ``"classification:DIR"``, ``"scenes:DIR"``. ``options`` go to the factory (e.g.
@@ -242,7 +260,7 @@ def get_benchmark(spec: str, root: Optional[str] = None, **options) -> Benchmark
     if name in SUITES:
         raise KeyError(f"{name!r} is a suite of benchmarks; expand it with expand_suites() (evaluate() does)")
     if name not in _REGISTRY:
-        close = [n for n in list_benchmarks() if name.split("/")[-1] in n][:8]
+        close = suggest_benchmarks(name)
         raise KeyError(f"unknown benchmark {name!r}; " + (f"did you mean: {', '.join(close)}? " if close else "")
                        + "see smartclip eval --list")
     info = _REGISTRY[name]
@@ -345,6 +363,8 @@ def _layout_message(spec: DatasetSpec, root: Path, problem: str) -> str:
 
 def _retrieval_csv(path: str, *, masked: bool = False, num_workers: int = 0) -> Benchmark:
     p = Path(path).expanduser()
+    if not p.is_file():  # checked here, before any model is loaded
+        raise DatasetNotFoundError(f"retrieval:{path}: no such file (a CSV of image paths and captions)")
     protocol = f"retrieval:{p.name}: every row of the CSV, captions grouped by image; {RETRIEVAL}"
     return RetrievalBenchmark(f"retrieval:{p.name}", protocol, lambda: ds.load_retrieval_csv(p), root=p.parent,
                               masked=masked, num_workers=num_workers)
@@ -353,6 +373,8 @@ def _retrieval_csv(path: str, *, masked: bool = False, num_workers: int = 0) -> 
 def _class_folders(path: str, *, classnames: Optional[str] = None, templates: Optional[str] = None,
                    masked: bool = False, num_workers: int = 0) -> Benchmark:
     p = Path(path).expanduser()
+    if not p.is_dir():
+        raise DatasetNotFoundError(f"classification:{path}: no such folder (one sub-folder of images per class)")
     template_list = _read_templates(templates)
     source = "class names from " + (classnames or "classnames.txt if present, else folder names")
     zero_shot = ZERO_SHOT if not templates else ZERO_SHOT.replace("OpenAI's 80 ImageNet templates",

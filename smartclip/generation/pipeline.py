@@ -5,6 +5,8 @@ diffusers' ``StableDiffusionXLPipeline`` accepts ``prompt_embeds`` / ``pooled_pr
 """
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -18,7 +20,7 @@ from .encoders import (PromptEmbeddings, PromptEncoder, PromptTooLongError, Smar
 from .prompts import Prompt
 
 __all__ = ["GenerationSettings", "LongPromptSDXL", "load_sdxl", "generate_to_folder", "GenerationReport",
-           "RUN_FILE", "RUN_FORMAT"]
+           "RUN_FILE", "RUN_FORMAT", "check_pipeline_folder", "progress_bars"]
 
 RUN_FILE = "generation.json"
 RUN_FORMAT = "smartclip-generation-v1"
@@ -51,19 +53,63 @@ class GenerationSettings:
                              f"got {self.long_prompts!r}")
 
 
-def load_sdxl(sdxl_dir, refiner_dir=None, *, dtype=torch.float32, variant: Optional[str] = None):
+def check_pipeline_folder(folder, what: str = "SDXL") -> None:
+    """A missing folder is reported as missing; an existing one without ``model_index.json`` as
+    not a diffusers pipeline. Cheap: the command line runs it before loading anything."""
+    if not os.path.exists(folder):
+        raise FileNotFoundError(f"{folder}: no such folder (the {what} pipeline folder, in diffusers layout)")
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{folder}: not a folder (the {what} pipeline folder, in diffusers layout)")
+    if not os.path.isfile(os.path.join(folder, "model_index.json")):
+        raise FileNotFoundError(f"{folder}: not a diffusers pipeline folder (no model_index.json)")
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool):
+    """diffusers', transformers' and huggingface_hub's own loading bars on or off for the block
+    (through their logging utilities), restored afterwards."""
+    if enabled:
+        yield
+        return
+    switches = []  # (is_enabled, enable, disable) of each library present
+    for module in ("diffusers.utils.logging", "transformers.utils.logging"):
+        try:
+            utils = importlib.import_module(module)
+        except ImportError:
+            continue
+        switches.append((utils.is_progress_bar_enabled, utils.enable_progress_bar, utils.disable_progress_bar))
+    try:
+        hub = importlib.import_module("huggingface_hub.utils")
+        switches.append((lambda: not hub.are_progress_bars_disabled(), hub.enable_progress_bars,
+                         hub.disable_progress_bars))
+    except ImportError:
+        pass
+    before = [is_enabled() for is_enabled, _, _ in switches]  # read all first: they switch each other
+    for _, _, disable in switches:
+        disable()
+    try:
+        yield
+    finally:
+        for (_, enable, disable), was in zip(switches, before):
+            (enable if was else disable)()
+
+
+def load_sdxl(sdxl_dir, refiner_dir=None, *, dtype=torch.float32, variant: Optional[str] = None,
+              progress: bool = True):
     """``(base, refiner or None)`` from local folders in diffusers layout, without their text
-    encoders (the prompt embeddings come from smartclip)."""
+    encoders (the prompt embeddings come from smartclip). ``progress=False`` silences diffusers'
+    loading bars."""
     from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
     no_text = dict(text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None)
-    for folder in [sdxl_dir] + ([refiner_dir] if refiner_dir else []):
-        if not os.path.isfile(os.path.join(folder, "model_index.json")):
-            raise FileNotFoundError(f"{folder}: not a diffusers pipeline folder (no model_index.json)")
-    common = dict(dtype=dtype, variant=variant, local_files_only=True, add_watermarker=False)
-    base = StableDiffusionXLPipeline.from_pretrained(sdxl_dir, **no_text, **common)
-    refiner = None
+    check_pipeline_folder(sdxl_dir)
     if refiner_dir:
-        refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(refiner_dir, vae=base.vae, **no_text, **common)
+        check_pipeline_folder(refiner_dir, "refiner")
+    common = dict(dtype=dtype, variant=variant, local_files_only=True, add_watermarker=False)
+    with progress_bars(progress):
+        base = StableDiffusionXLPipeline.from_pretrained(sdxl_dir, **no_text, **common)
+        refiner = None
+        if refiner_dir:
+            refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(refiner_dir, vae=base.vae, **no_text, **common)
     return base, refiner
 
 
@@ -92,16 +138,19 @@ class LongPromptSDXL:
 
     @classmethod
     def from_pretrained(cls, model, sdxl_dir, *, refiner_dir=None, bigg_checkpoint=None, bigg_arch="ViT-bigG-14",
-                        layer: str = "final", device="cpu", dtype=torch.float32, variant=None):
+                        layer: str = "final", device="cpu", dtype=torch.float32, variant=None,
+                        progress: bool = True):
         """``model``: a SmartCLIP (e.g. from ``smartclip.load``; moved to ``device`` and ``dtype``
         in place); bigG from ``bigg_checkpoint`` (an open_clip file) or else from
-        ``sdxl_dir/text_encoder_2``, stretched to 248."""
-        base, refiner = load_sdxl(sdxl_dir, refiner_dir, dtype=dtype, variant=variant)
+        ``sdxl_dir/text_encoder_2``, stretched to 248. ``progress=False``: no loading bars from
+        diffusers or transformers."""
+        base, refiner = load_sdxl(sdxl_dir, refiner_dir, dtype=dtype, variant=variant, progress=progress)
         if bigg_checkpoint:
             precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
             second = load_open_clip_bigg(bigg_checkpoint, bigg_arch, device=device, precision=precision)
         else:
-            second = load_sdxl_bigg(sdxl_dir, dtype=dtype, variant=variant)
+            with progress_bars(progress):
+                second = load_sdxl_bigg(sdxl_dir, dtype=dtype, variant=variant)
             second.model.to(device)
         first = SmartCLIPTokenEncoder(model.to(device=device, dtype=dtype))
         encoder = PromptEncoder(first, second, layer=layer, device=device, dtype=dtype)
@@ -178,7 +227,7 @@ def generate_to_folder(sdxl: LongPromptSDXL, prompts: Sequence[Prompt], out_dir,
                          if k not in ("prompts", "truncated") and run.get(k) != previous.get(k))
         if changed:
             raise ValueError(f"{out} holds images made with other settings ({', '.join(changed)} differ); "
-                             f"use another folder or overwrite")
+                             f"use another folder, or pass --overwrite (overwrite=True) to replace them")
     report = GenerationReport(str(out))
     todo = []
     for p in prompts:

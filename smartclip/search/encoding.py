@@ -162,14 +162,15 @@ def encode_image_source(model, preprocess, source: ImageSource, out_dir, *, batc
         if not restart:
             raise EncodingError(f"{out_dir} already holds embeddings of another input or model (or shard size) "
                                 f"({done.meta.get('source')}, model {done.meta.get('model')} "
-                                f"{done.meta.get('model_hash')}); choose another folder or restart")
+                                f"{done.meta.get('model_hash')}); choose another folder, or pass --restart "
+                                f"(restart=True) to replace them")
     partial = out_dir / PARTIAL
     manifest_file = partial / "manifest.json"
     if partial.exists() and (restart or not manifest_file.is_file()
                              or json.loads(manifest_file.read_text()).get("fingerprint") != fingerprint):
         if not restart and manifest_file.is_file():
             raise EncodingError(f"{partial} is an unfinished run of another input or model (or shard size); "
-                                "restart to discard it, or choose another output folder")
+                                "pass --restart (restart=True) to discard it, or choose another output folder")
         shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
     atomic_write_text(manifest_file, json.dumps({"fingerprint": fingerprint, "count": len(source)}))

@@ -1,8 +1,14 @@
-"""A loopback-only HTTP server (stdlib ``ThreadingHTTPServer``) for ``SearchApp``."""
+"""A loopback-only HTTP server (stdlib ``ThreadingHTTPServer``) for ``SearchApp``.
+
+One thread per connection; a listen backlog of ``REQUEST_QUEUE_SIZE`` (the stdlib's default of
+5 reset connections when dozens of clients connected at once); a client that goes away
+mid-request is logged in one line, not with a traceback."""
 from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional, Tuple
@@ -13,6 +19,25 @@ __all__ = ["make_server", "serve", "is_loopback", "start_in_thread"]
 
 log = logging.getLogger(__name__)
 _DRAIN_LIMIT = 64 * 1024 * 1024  # oversized bodies up to this are read and dropped so the client sees the 413
+# pending connections the kernel queues before accept(); capped by the kernel's somaxconn
+REQUEST_QUEUE_SIZE = max(128, getattr(socket, "SOMAXCONN", 128))
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = REQUEST_QUEUE_SIZE
+    daemon_threads = True
+    block_on_close = False
+
+    def handle_error(self, request, client_address):
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):  # the client left; nothing to answer
+            log.info("%s: connection closed by the client (%s)", client_address[0], type(error).__name__)
+            return
+        log.exception("error while serving %s", client_address[0])
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
 
 
 def is_loopback(host: str) -> bool:
@@ -128,16 +153,8 @@ def make_server(app: SearchApp, host: str = "127.0.0.1", port: int = 8000) -> Th
     if not is_loopback(host):
         raise ValueError(f"refusing to listen on {host!r}: the search page serves local files and listens on "
                          "loopback only (127.0.0.1, ::1, localhost)")
-    server_cls = ThreadingHTTPServer
-    if ":" in host:
-        import socket
-
-        class V6Server(ThreadingHTTPServer):
-            address_family = socket.AF_INET6
-        server_cls = V6Server
-    server = server_cls((host.strip("[]"), port), _handler_for(app))
-    server.daemon_threads = True
-    return server
+    server_cls = _Server6 if ":" in host else _Server
+    return server_cls((host.strip("[]"), port), _handler_for(app))
 
 
 def start_in_thread(app: SearchApp, host: str = "127.0.0.1", port: int = 0):

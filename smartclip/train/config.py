@@ -233,8 +233,9 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
-    def validate(self) -> "TrainConfig":
-        """Check every section; raises :class:`ConfigError`. Returns ``self``."""
+    def validate(self, check_data: bool = True) -> "TrainConfig":
+        """Check every section (``data`` only when ``check_data``: printing a config needs no
+        data); raises :class:`ConfigError`. Returns ``self``."""
         check_types(self)
         if not self.run_dir:
             raise ConfigError("run_dir: empty; give the directory the run writes to")
@@ -252,7 +253,7 @@ class TrainConfig:
         self.train.validate()
         self.checkpoint.validate()
         self.eval.validate()
-        validate_data = getattr(self.data, "validate", None)
+        validate_data = getattr(self.data, "validate", None) if check_data else None
         if validate_data is not None:
             try:
                 validate_data()
@@ -300,9 +301,9 @@ def dump_config(cfg, path) -> Path:
 
 
 # ------------------------------------------------------------------------- loading
-def load_config(path=None, overrides: Sequence[str] = ()) -> TrainConfig:
+def load_config(path=None, overrides: Sequence[str] = (), *, check_data: bool = True) -> TrainConfig:
     """A validated :class:`TrainConfig` from a YAML file (or defaults when ``path`` is None)
-    with dotted ``key=value`` overrides applied."""
+    with dotted ``key=value`` overrides applied (``check_data=False``: the data need not exist)."""
     data: Dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -317,7 +318,7 @@ def load_config(path=None, overrides: Sequence[str] = ()) -> TrainConfig:
     try:
         data = apply_overrides(data, overrides)
         cfg = config_from_dict(TrainConfig, data)
-        return cfg.validate()
+        return cfg.validate(check_data=check_data)
     except ConfigError as e:
         where = f"{path}: " if path is not None else ""
         raise ConfigError(f"{where}{e}") from e
