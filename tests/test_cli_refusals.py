@@ -12,6 +12,7 @@ refused without naming ``--restart``).
 | eval-generation | eval_generation.json | refused | ``--overwrite`` |
 | generate | images of other settings | refused | ``--overwrite`` |
 | generate | images of the same settings | continued | - |
+| export | an earlier export | refused | ``--overwrite`` |
 | demo | finished runs | kept, interrupted ones resumed | - |
 """
 import json
@@ -146,3 +147,17 @@ def test_generate_continues_the_same_settings_and_refuses_others_naming_overwrit
     with pytest.raises(ValueError, match=r"other settings \(settings differ\).*pass --overwrite"):
         generate_to_folder(sdxl, prompts, tmp_path, GenerationSettings(steps=3), progress=False)
     assert made == ["prompt 0", "prompt 1", "prompt 2"]
+
+
+@pytest.mark.parametrize("fmt", ["open_clip", "hf"])
+def test_export_refuses_a_folder_holding_files_naming_overwrite(inputs, tmp_path, capsys, fmt):
+    out = tmp_path / "export"
+    base = ["export", inputs["a"], "--format", fmt, "--out", str(out)]
+    assert cli(base) == 0
+    written = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert cli(["export", inputs["b"], "--format", fmt, "--out", str(out)]) == 2
+    err = _err(capsys)
+    assert "already holds files" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == written  # untouched
+    assert cli(["export", inputs["b"], "--format", fmt, "--out", str(out), "--overwrite"]) == 0

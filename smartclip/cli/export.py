@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser):
@@ -10,12 +11,19 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--format", choices=["open_clip", "hf"], default="open_clip",
                         help="open_clip: open_clip.create_model('local-dir:OUT'); hf: transformers CLIPModel folder")
     parser.add_argument("--out", required=True, help="output folder (created)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the files of an earlier export in --out (refused without it)")
 
 
 def run(args) -> int:
     import smartclip
     from smartclip.checkpoint import CheckpointError
 
+    out = Path(args.out)
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        print(f"error: {out} already holds files; choose another --out, or pass --overwrite to replace "
+              "the export there", file=sys.stderr)
+        return 2
     try:
         model, _, _ = smartclip.load(args.model)
         path = smartclip.export(model, args.out, format=args.format)
