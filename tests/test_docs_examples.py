@@ -68,13 +68,17 @@ SKIPPED = [  # (page, command prefix, reason)
     ("generation.md", "smartclip generate", _SDXL), ("generation.md", "smartclip eval-generation", _SDXL),
     ("performance.md", ".venv/bin/python benchmarks/", _BENCH),
     ("performance.md", "python benchmarks/bench_", _BENCH),
-    ("performance.md", "python benchmarks/gpu_check.py", "needs a CUDA GPU (tests/test_gpu_check.py runs --quick)"),
+    ("performance.md", "python -m benchmarks.gpu_check", "needs a CUDA GPU (tests/test_gpu_check.py runs --quick)"),
     ("performance.md", "pip ", "downloads wheels for the GPU machine"),
     ("performance.md", "export PYTHONPATH", "the GPU machine's setup"),
     ("training.md", "torchrun ", _GPUS),
     ("training.md", "#!/bin/bash", _GPUS), ("training.md", "#SBATCH", _GPUS), ("training.md", "export MASTER_", _GPUS),
     ("training.md", "srun ", _GPUS),
     ("training.md", "smartclip train configs/sharegpt4v", "needs ShareGPT4V and a GPU"),
+    ("training.md", "smartclip data check /data/sharegpt4v", "needs ShareGPT4V (tests/test_data_prepare.py runs "
+     "check and prepare on a ShareGPT4V-shaped fixture)"),
+    ("training.md", "smartclip data prepare /data/sharegpt4v", "needs ShareGPT4V (tests/test_data_prepare.py runs "
+     "check and prepare on a ShareGPT4V-shaped fixture)"),
     ("training.md", "smartclip train configs/tiny.yaml resume=runs/tiny/checkpoints/step_00000200",
      "names the step-200 checkpoint of the full 400-step run; resume=latest is run"),
 ]

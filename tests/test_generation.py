@@ -255,4 +255,5 @@ def test_generate_cli_end_to_end(folders, tmp_path, capsys):
     assert main(common + ["--out", str(tmp_path / "d"), "--refiner", str(folders["refiner"]), "--limit", "1"]) == 0
     assert json.loads((tmp_path / "d" / "generation.json").read_text())["refiner"] is True
     assert main(common[:5] + ["--prompts", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "e")]) == 2
-    assert "no such prompt file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--prompts" in err and "missing.txt: no such file" in err

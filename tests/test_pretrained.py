@@ -17,6 +17,7 @@ import smartclip.pretrained as pretrained
 from smartclip.checkpoint import ModelNotFoundError
 from smartclip.cli import main as cli
 from smartclip.fileio import sha256_file
+from data_fixtures import make_csv_dataset
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
@@ -166,13 +167,16 @@ def test_unreachable_hub_is_detected_once_without_retries(spec, hub_cache, monke
 
 
 @pytest.mark.parametrize("offline", [True, False])
-def test_eval_command_offline_is_one_line_without_retries(offline, hub_cache, monkeypatch, capfd):
-    """`smartclip eval --model ViT-L-14:openai` with no network: one line, not a minute of retries."""
+def test_eval_command_offline_is_one_line_without_retries(offline, hub_cache, monkeypatch, capfd, tmp_path):
+    """`smartclip eval --model ViT-L-14:openai` with no network: one line, not a minute of retries.
+    The data exist (eval checks them before the model), so the model is what fails."""
+    pairs = make_csv_dataset(tmp_path / "pairs", 2)
     if not offline:
         _online(monkeypatch)
         monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
         monkeypatch.setenv("SMARTCLIP_HUB_TIMEOUT", "0.5")
-    assert cli(["eval", "--model", "ViT-L-14:openai", "--benchmarks", "coco"]) == 2
+    assert cli(["eval", "--model", "ViT-L-14:openai", "--benchmarks", f"retrieval:{pairs}", "--out",
+                str(tmp_path / "eval")]) == 2
     out, err = capfd.readouterr()
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("smartclip eval: error: ViT-L-14:openai:"), err

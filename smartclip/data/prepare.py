@@ -344,6 +344,34 @@ def prepare_dataset(cfg: DataConfig, out: str, *, preprocess_cfg: dict, context_
     Resumes an interrupted run; a finished folder is left alone; other settings are refused."""
     if isinstance(cfg, str):
         cfg = DataConfig(train=cfg)
+    _check_arguments(cfg, store, image_format, shard_size, workers)
+    steps = _pil_steps(preprocess_cfg, store)
+    recipe = prepared_recipe(cfg, preprocess_cfg, context_length=context_length, shard_size=shard_size,
+                             store=store, image_format=image_format)
+    state_dir = os.path.join(out, STATE_DIR)
+    if _open_out(out, state_dir, recipe):
+        return PrepareResult(out, read_manifest(out), True, 0, 0.0)
+
+    plan = _make_plan(cfg)
+    n_shards = -(-plan.total // shard_size)
+    markers = _finished_shards(out, state_dir, n_shards)
+    todo = [s for s in range(n_shards) if s not in markers]
+    done_records = sum(min(plan.total, (s + 1) * shard_size) - s * shard_size for s in markers)
+    if markers:
+        log.info("prepare: resuming %s: %d of %d shard(s) already written", out, len(markers), n_shards)
+    state = {"parent": os.getpid(), "plan": plan, "shard_size": shard_size, "out": out, "steps": steps,
+             "image_format": image_format, "max_pixels": cfg.max_image_pixels, "context_length": context_length}
+    start = time.perf_counter()
+    _write_shards(todo, markers, state, workers, _Progress(plan.total, done_records, enabled=progress))
+    seconds = time.perf_counter() - start
+    manifest = _manifest(cfg, plan, markers, n_shards, recipe)
+    if manifest["written"] == 0:
+        raise DataError(f"{cfg.train}: no usable records to prepare ({plan.records} read, {manifest['bad']} bad)")
+    atomic_write_json(os.path.join(out, MANIFEST), manifest, indent=1)
+    return PrepareResult(out, manifest, False, len(todo), seconds, sum(markers[s]["samples"] for s in todo))
+
+
+def _check_arguments(cfg: DataConfig, store: str, image_format: str, shard_size: int, workers: int) -> None:
     cfg.validate()
     if store not in STORE_MODES:
         raise ValueError(f"store={store!r}; expected one of {', '.join(STORE_MODES)}")
@@ -356,10 +384,11 @@ def prepare_dataset(cfg: DataConfig, out: str, *, preprocess_cfg: dict, context_
         if folder:
             raise DataError(f"{folder} is itself a prepared folder (its images are already resized); "
                             f"prepare from the original images instead")
-    steps = _pil_steps(preprocess_cfg, store)
-    recipe = prepared_recipe(cfg, preprocess_cfg, context_length=context_length, shard_size=shard_size,
-                             store=store, image_format=image_format)
-    state_dir = os.path.join(out, STATE_DIR)
+
+
+def _open_out(out: str, state_dir: str, recipe: dict) -> bool:
+    """Make ``out`` ready for writing with ``recipe``; True when it already holds the finished set.
+    A folder prepared with other settings, or one that is not a prepare folder, is refused."""
     recipe_path = os.path.join(state_dir, "recipe.json")
     if os.path.isfile(recipe_path):
         with open(recipe_path) as f:
@@ -369,7 +398,7 @@ def prepare_dataset(cfg: DataConfig, out: str, *, preprocess_cfg: dict, context_
             raise DataError(f"{out} was prepared with other settings ({diff}); use another --out folder, "
                             f"or delete {out} to start over")
         if os.path.isfile(os.path.join(out, MANIFEST)):
-            return PrepareResult(out, read_manifest(out), True, 0, 0.0)
+            return True
     elif os.path.isdir(out) and os.listdir(out):
         raise DataError(f"--out {out} exists and is not a prepare folder; choose an empty or new folder")
     os.makedirs(state_dir, exist_ok=True)
@@ -378,9 +407,11 @@ def prepare_dataset(cfg: DataConfig, out: str, *, preprocess_cfg: dict, context_
     for name in os.listdir(out):
         if name.endswith(".tmp"):
             os.remove(os.path.join(out, name))  # a shard an interrupted run was writing
+    return False
 
-    plan = _make_plan(cfg)
-    n_shards = -(-plan.total // shard_size)
+
+def _finished_shards(out: str, state_dir: str, n_shards: int) -> Dict[int, dict]:
+    """The markers of shards an earlier run finished (marker written and the tar complete)."""
     markers: Dict[int, dict] = {}
     for s in range(n_shards):
         path = os.path.join(state_dir, f"{s:06d}.json")
@@ -390,14 +421,12 @@ def prepare_dataset(cfg: DataConfig, out: str, *, preprocess_cfg: dict, context_
             tar = os.path.join(out, marker["name"])
             if os.path.isfile(tar) and os.path.getsize(tar) == marker["bytes"]:
                 markers[s] = marker
-    todo = [s for s in range(n_shards) if s not in markers]
-    done_records = sum(min(plan.total, (s + 1) * shard_size) - s * shard_size for s in markers)
-    if markers:
-        log.info("prepare: resuming %s: %d of %d shard(s) already written", out, len(markers), n_shards)
-    state = {"parent": os.getpid(), "plan": plan, "shard_size": shard_size, "out": out, "steps": steps, "image_format": image_format,
-             "max_pixels": cfg.max_image_pixels, "context_length": context_length}
-    bar = _Progress(plan.total, done_records, enabled=progress)
-    start = time.perf_counter()
+    return markers
+
+
+def _write_shards(todo: List[int], markers: Dict[int, dict], state: dict, workers: int, bar: "_Progress") -> None:
+    """Write the shards in ``todo`` (in ``workers`` processes), adding their markers to ``markers``."""
+    plan, shard_size = state["plan"], state["shard_size"]
     try:
         if workers > 1 and len(todo) > 1:
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
@@ -413,24 +442,22 @@ def prepare_dataset(cfg: DataConfig, out: str, *, preprocess_cfg: dict, context_
                 bar.update(min(plan.total, marker["first"] + shard_size) - marker["first"])
     finally:
         bar.close()
-    seconds = time.perf_counter() - start
 
+
+def _manifest(cfg: DataConfig, plan, markers: Dict[int, dict], n_shards: int, recipe: dict) -> dict:
     counts = Counter({k: 0 for k in ALL_KINDS})
     for ev in plan.events:
         counts[ev[0]] += 1
     for s in range(n_shards):
         counts.update(markers[s]["counts"])
     bad = sum(counts[k] for k in SKIPPED_KINDS)
-    written = sum(markers[s]["samples"] for s in range(n_shards))
-    manifest = {
-        "records": plan.records, "written": written, "bad": bad, "bad_fraction": bad / max(1, plan.records),
-        "max_bad_fraction": cfg.max_bad_fraction, "ok": plan.records > 0 and bad / max(1, plan.records) <= cfg.max_bad_fraction,
+    bad_fraction = bad / max(1, plan.records)
+    return {
+        "records": plan.records, "written": sum(markers[s]["samples"] for s in range(n_shards)), "bad": bad,
+        "bad_fraction": bad_fraction, "max_bad_fraction": cfg.max_bad_fraction,
+        "ok": plan.records > 0 and bad_fraction <= cfg.max_bad_fraction,
         "counts": {k: int(counts[k]) for k in ALL_KINDS},
         "shards": [{k: markers[s][k] for k in ("name", "samples", "bytes", "sha256")} for s in range(n_shards)],
         "recipe": recipe,
         "events": [list(e) for e in plan.events] + [e for s in range(n_shards) for e in markers[s]["events"]],
     }
-    if written == 0:
-        raise DataError(f"{cfg.train}: no usable records to prepare ({plan.records} read, {bad} bad)")
-    atomic_write_json(os.path.join(out, MANIFEST), manifest, indent=1)
-    return PrepareResult(out, manifest, False, len(todo), seconds, sum(markers[s]["samples"] for s in todo))

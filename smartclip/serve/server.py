@@ -60,92 +60,95 @@ def _host_name(header: str) -> str:
     return header.rsplit(":", 1)[0]
 
 
+class _Handler(BaseHTTPRequestHandler):
+    """One HTTP exchange with the search app (``app``, set by :func:`_handler_for`)."""
+    app: SearchApp
+    server_version = "smartclip-serve"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):  # through logging, not stderr prints
+        log.info("%s %s", self.address_string(), fmt % args)
+
+    def _send(self, response: Response, close: bool = False):
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
+        for key, value in response.headers.items():
+            self.send_header(key, value)
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(response.body)
+
+    def _host_ok(self) -> bool:
+        # a page on another site cannot reach us through a DNS name that points at 127.0.0.1
+        host = _host_name(self.headers.get("Host") or "")
+        if is_loopback(host):
+            return True
+        self._send(Response.json({"error": f"Host {host!r} refused: the server answers loopback names only"},
+                                 403), close=True)
+        return False
+
+    def _read_body(self) -> Tuple[Optional[bytes], bool]:
+        """(body or None, whether it was too large)."""
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            if self.headers.get("Transfer-Encoding"):
+                self._send(Response.json({"error": "send the upload with a Content-Length"}, 411), close=True)
+                raise ConnectionAbortedError
+            return None, False
+        try:
+            length = int(raw)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            self._send(Response.json({"error": f"bad Content-Length {raw[:20]!r}"}, 400), close=True)
+            raise ConnectionAbortedError from None
+        if length > self.app.max_upload_bytes:
+            if length <= _DRAIN_LIMIT:
+                remaining = length
+                while remaining > 0:
+                    chunk = self.rfile.read(min(remaining, 1 << 16))
+                    if not chunk:
+                        break
+                    remaining -= len(chunk)
+            return None, True
+        return self.rfile.read(length), False
+
+    def _answer(self):
+        if not self._host_ok():
+            return
+        try:
+            body, too_large = self._read_body()
+        except ConnectionAbortedError:
+            return
+        if too_large:
+            self._send(Response.json({"error": f"upload is larger than the limit of {self.app.max_upload_bytes} "
+                                               f"bytes ({_human(self.app.max_upload_bytes)})"}, 413),
+                       close=int(self.headers.get("Content-Length", 0)) > _DRAIN_LIMIT)
+            return
+        self._send(self.app.handle("GET" if self.command == "HEAD" else self.command, self.path, body))
+
+    do_GET = do_POST = do_HEAD = _answer
+
+    def _not_allowed(self):
+        self._read_body_quietly()
+        self._send(Response.json({"error": f"method {self.command} not allowed"}, 405), close=True)
+
+    def _read_body_quietly(self):
+        try:
+            self._read_body()
+        except ConnectionAbortedError:
+            pass
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
+
+
 def _handler_for(app: SearchApp):
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "smartclip-serve"
-        sys_version = ""
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, fmt, *args):  # through logging, not stderr prints
-            log.info("%s %s", self.address_string(), fmt % args)
-
-        def _send(self, response: Response, close: bool = False):
-            self.send_response(response.status)
-            self.send_header("Content-Type", response.content_type)
-            self.send_header("Content-Length", str(len(response.body)))
-            for key, value in response.headers.items():
-                self.send_header(key, value)
-            if close:
-                self.send_header("Connection", "close")
-                self.close_connection = True
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(response.body)
-
-        def _host_ok(self) -> bool:
-            # a page on another site cannot reach us through a DNS name that points at 127.0.0.1
-            host = _host_name(self.headers.get("Host") or "")
-            if is_loopback(host):
-                return True
-            self._send(Response.json({"error": f"Host {host!r} refused: the server answers loopback names only"},
-                                     403), close=True)
-            return False
-
-        def _read_body(self) -> Tuple[Optional[bytes], bool]:
-            """(body or None, whether it was too large)."""
-            raw = self.headers.get("Content-Length")
-            if raw is None:
-                if self.headers.get("Transfer-Encoding"):
-                    self._send(Response.json({"error": "send the upload with a Content-Length"}, 411), close=True)
-                    raise ConnectionAbortedError
-                return None, False
-            try:
-                length = int(raw)
-                if length < 0:
-                    raise ValueError
-            except ValueError:
-                self._send(Response.json({"error": f"bad Content-Length {raw[:20]!r}"}, 400), close=True)
-                raise ConnectionAbortedError from None
-            if length > app.max_upload_bytes:
-                if length <= _DRAIN_LIMIT:
-                    remaining = length
-                    while remaining > 0:
-                        chunk = self.rfile.read(min(remaining, 1 << 16))
-                        if not chunk:
-                            break
-                        remaining -= len(chunk)
-                return None, True
-            return self.rfile.read(length), False
-
-        def _answer(self):
-            if not self._host_ok():
-                return
-            try:
-                body, too_large = self._read_body()
-            except ConnectionAbortedError:
-                return
-            if too_large:
-                self._send(Response.json({"error": f"upload is larger than the limit of {app.max_upload_bytes} "
-                                                   f"bytes ({_human(app.max_upload_bytes)})"}, 413),
-                           close=int(self.headers.get("Content-Length", 0)) > _DRAIN_LIMIT)
-                return
-            self._send(app.handle("GET" if self.command == "HEAD" else self.command, self.path, body))
-
-        do_GET = do_POST = do_HEAD = _answer
-
-        def _not_allowed(self):
-            self._read_body_quietly()
-            self._send(Response.json({"error": f"method {self.command} not allowed"}, 405), close=True)
-
-        def _read_body_quietly(self):
-            try:
-                self._read_body()
-            except ConnectionAbortedError:
-                pass
-
-        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
-
-    return Handler
+    return type("Handler", (_Handler,), {"app": app})
 
 
 def make_server(app: SearchApp, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
