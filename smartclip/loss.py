@@ -1,5 +1,12 @@
 """SmartCLIP's modular contrastive loss (docs/method.md §3) and a plain CLIP InfoNCE baseline.
 
+The modular loss has two terms, named as in the paper:
+
+* **SIDM**, "same image, different masks" (the image side): each image is scored against every
+  caption, each caption's own mask applied to the image embedding;
+* **DISM**, "different images, same mask" (the text side): each caption is scored against every
+  image, all filtered by that caption's mask.
+
 Both terms are written as matrix products, so no [b, N, d] tensor is ever built:
 
 * ``<z_i * m_j, tn_j>``   = ``Z @ (M * Tn)^T``
