@@ -134,7 +134,8 @@ def main(argv=None) -> int:
     spec = f"clip_benchmark/wds/country211:{data}"
     ours = [sys.executable, "-m", "smartclip", "eval", "--model", str(checkpoint), "--benchmarks", spec,
             "--set", f"{spec}.expected_images=null", "--batch-size", str(args.batch_size),
-            "--workers", str(args.workers), "--device", args.device, "--no-progress", "--out", str(work / "ours")]
+            "--workers", str(args.workers), "--device", args.device, "--no-progress", "--out", str(work / "ours"),
+            "--overwrite"]  # each repeat writes the same results file
     theirs = [sys.executable, "-c", CLIP_BENCHMARK_COMMAND, "eval", "--dataset", "wds/country211",
               "--dataset_root", str(data), "--model", f"local-dir:{export}", "--pretrained", "",
               "--task", "zeroshot_classification", "--batch_size", str(args.batch_size),
