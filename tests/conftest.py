@@ -171,3 +171,26 @@ def float64_training():
     finally:
         smartclip.create_model = create
         torch.set_default_dtype(previous)
+
+
+@contextlib.contextmanager
+def served_photos(root, n: int = 6, size: int = 40, **app_options):
+    """A search server over ``n`` real photos in ``root/images`` (a micro model, seed 0), on a
+    loopback port: yields ``(url, index, app)``; shut down on exit."""
+    import smartclip
+    from smartclip import search
+    from smartclip.serve import SearchApp, start_in_thread
+    (root / "images").mkdir(exist_ok=True)
+    for i, im in enumerate(real_images(n, size)):
+        im.save(root / "images" / f"photo{i}.png")
+    torch.manual_seed(0)
+    model = smartclip.create_model("smartclip-micro").eval()
+    preprocess, tokenizer = smartclip.image_transform(model), smartclip.get_tokenizer(model)
+    index = search.build_index(model, preprocess, root / "images", root / "index", progress=False)
+    app = SearchApp(index.searcher(model, preprocess, tokenizer), **app_options)
+    server, url = start_in_thread(app)
+    try:
+        yield url, index, app
+    finally:
+        server.shutdown()
+        server.server_close()

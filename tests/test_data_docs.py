@@ -31,13 +31,18 @@ def test_python_example_runs(capsys):
     assert out[-1] == "8"
 
 
+def _page_command(capsys, prefix: str):
+    """The page's command starting with ``prefix`` (as arguments) and the output printed after
+    it, with the files it reads made by the page's Python example."""
+    plain = _blocks("")
+    command = next(b for b in plain if b.startswith(prefix))
+    test_python_example_runs(capsys)  # makes the files the command reads
+    return shlex.split(command)[1:], plain[plain.index(command) + 1]
+
+
 def test_data_check_example_prints_what_the_page_says(capsys):
     from smartclip.cli import main
-    plain = _blocks("")
-    command = next(b for b in plain if b.startswith("smartclip data check"))
-    printed = plain[plain.index(command) + 1]
-    test_python_example_runs(capsys)  # makes the files the command reads
-    args = shlex.split(command)[1:]
+    args, printed = _page_command(capsys, "smartclip data check")
     assert main(args) == 0
     assert capsys.readouterr().out == printed
 
@@ -45,11 +50,7 @@ def test_data_check_example_prints_what_the_page_says(capsys):
 def test_prepare_example_prints_what_the_page_says(capsys):
     import shutil
     from smartclip.cli import main
-    plain = _blocks("")
-    command = next(b for b in plain if b.startswith("smartclip data prepare"))
-    printed = plain[plain.index(command) + 1]
-    test_python_example_runs(capsys)  # makes the files the command reads
-    args = shlex.split(command)[1:]
+    args, printed = _page_command(capsys, "smartclip data prepare")
     out = args[args.index("--out") + 1]
     shutil.rmtree(out, ignore_errors=True)
     assert main(args) == 0

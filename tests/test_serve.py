@@ -5,12 +5,9 @@ import urllib.error
 import urllib.request
 
 import pytest
-import torch
 
-import smartclip
-from smartclip import search
-from smartclip.serve import SearchApp, is_loopback, make_server, start_in_thread
-from conftest import real_images
+from smartclip.serve import is_loopback, make_server
+from conftest import served_photos
 
 LIMIT = 50_000
 
@@ -18,19 +15,9 @@ LIMIT = 50_000
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    (root / "images").mkdir()
-    for i, im in enumerate(real_images(6, 40)):
-        im.save(root / "images" / f"photo{i}.png")
     (root / "secret.txt").write_text("must never be served")
-    torch.manual_seed(0)
-    model = smartclip.create_model("smartclip-micro").eval()
-    preprocess, tokenizer = smartclip.image_transform(model), smartclip.get_tokenizer(model)
-    index = search.build_index(model, preprocess, root / "images", root / "index")
-    app = SearchApp(index.searcher(model, preprocess, tokenizer), max_upload_bytes=LIMIT, default_k=4)
-    server, url = start_in_thread(app)
-    yield {"url": url, "root": root, "index": index, "app": app}
-    server.shutdown()
-    server.server_close()
+    with served_photos(root, max_upload_bytes=LIMIT, default_k=4) as (url, index, app):
+        yield {"url": url, "root": root, "index": index, "app": app}
 
 
 def request(url, path, data=None, method=None, headers=None):

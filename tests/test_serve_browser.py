@@ -6,12 +6,8 @@ import os
 import shutil
 
 import pytest
-import torch
 
-import smartclip
-from smartclip import search
-from smartclip.serve import SearchApp, start_in_thread
-from conftest import real_images
+from conftest import real_images, served_photos
 
 pytestmark = pytest.mark.slow
 LIMIT = 40_000
@@ -43,21 +39,10 @@ def browser(tmp_path_factory):
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("site")
-    (root / "images").mkdir()
-    for i, im in enumerate(real_images(8, 48)):
-        im.save(root / "images" / f"photo{i}.png")
     (root / "secret.txt").write_text("must never be served")
-    big = real_images(1, 400)[0]
-    big.save(root / "big.bmp")  # ~480 kB, over the limit
-    torch.manual_seed(0)
-    model = smartclip.create_model("smartclip-micro").eval()
-    preprocess, tokenizer = smartclip.image_transform(model), smartclip.get_tokenizer(model)
-    index = search.build_index(model, preprocess, root / "images", root / "index")
-    server, url = start_in_thread(SearchApp(index.searcher(model, preprocess, tokenizer), max_upload_bytes=LIMIT,
-                                            default_k=4))
-    yield {"url": url, "root": root}
-    server.shutdown()
-    server.server_close()
+    real_images(1, 400)[0].save(root / "big.bmp")  # ~480 kB, over the limit
+    with served_photos(root, n=8, size=48, max_upload_bytes=LIMIT, default_k=4) as (url, _, _):
+        yield {"url": url, "root": root}
 
 
 def _wait(driver, condition, timeout=30):

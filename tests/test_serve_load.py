@@ -10,13 +10,10 @@ import threading
 from collections import Counter
 
 import pytest
-import torch
 
-import smartclip
-from smartclip import search
-from smartclip.serve import SearchApp, start_in_thread
+from smartclip.serve import SearchApp
 from smartclip.serve.server import REQUEST_QUEUE_SIZE, make_server
-from conftest import real_images
+from conftest import real_images, served_photos
 
 CLIENTS = 48
 LIMIT = 50_000
@@ -25,18 +22,8 @@ LIMIT = 50_000
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve_load")
-    (root / "images").mkdir()
-    for i, im in enumerate(real_images(6, 40)):
-        im.save(root / "images" / f"photo{i}.png")
-    torch.manual_seed(0)
-    model = smartclip.create_model("smartclip-micro").eval()
-    preprocess, tokenizer = smartclip.image_transform(model), smartclip.get_tokenizer(model)
-    index = search.build_index(model, preprocess, root / "images", root / "index", progress=False)
-    app = SearchApp(index.searcher(model, preprocess, tokenizer), max_upload_bytes=LIMIT, default_k=4)
-    server, url = start_in_thread(app)
-    yield {"host": url.split("//")[1], "root": root, "count": len(index)}
-    server.shutdown()
-    server.server_close()
+    with served_photos(root, max_upload_bytes=LIMIT, default_k=4) as (url, index, _):
+        yield {"host": url.split("//")[1], "root": root, "count": len(index)}
 
 
 def _png(image) -> bytes:
